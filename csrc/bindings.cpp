@@ -1,0 +1,31 @@
+// The few non-op helpers exposed through pybind11 (ops go through the
+// dispatcher, see ops.cpp). Importing minitorch_ext._C also runs every
+// TORCH_LIBRARY / TORCH_LIBRARY_IMPL static registration in this library.
+#include <Python.h>
+#include <pybind11/pybind11.h>
+#include <torch/version.h>
+
+#ifndef MINITORCH_EXT_CPU_ISA
+#define MINITORCH_EXT_CPU_ISA "default"
+#endif
+
+namespace py = pybind11;
+
+static py::dict build_info() {
+  py::dict d;
+  d["cpu_isa"] = MINITORCH_EXT_CPU_ISA;
+#ifdef MINITORCH_EXT_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_archs"] = MINITORCH_EXT_CUDA_ARCHS;
+#else
+  d["cuda"] = false;
+  d["cuda_archs"] = "";
+#endif
+  d["torch_built_against"] = TORCH_VERSION;
+  return d;
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "minitorch_ext compiled kernels (registered as torch.ops.minitorch_ext.*)";
+  m.def("build_info", &build_info, "What this build of minitorch_ext compiled");
+}

@@ -1,0 +1,28 @@
+"""minitorch_ext: hand-written CPU (C++), CUDA and Triton kernels for PyTorch.
+
+    import minitorch_ext as mte
+    mte.nn.functional.layer_norm(x, (512,))      # == torch.nn.functional.layer_norm
+    mte.nn.LayerNorm(512)                         # == torch.nn.LayerNorm(512)
+    mte.use_backend("triton")                     # or "cpp"; also a context manager
+    mte.available_backends("cpu")
+    torch.ops.minitorch_ext.*                     # the raw registered ops
+"""
+import torch  # noqa: F401  (loads libtorch before our extension)
+
+from . import _C  # noqa: F401  registers the C++/CUDA kernels with the dispatcher
+from ._backend import available_backends, current_backend, use_backend
+from . import ops  # noqa: F401  fake kernels, autograd, Triton ops
+from . import nn  # noqa: F401
+from . import optim  # noqa: F401
+
+__version__ = "0.1.0"
+
+__all__ = ["nn", "ops", "optim", "use_backend", "available_backends", "current_backend", "build_info"]
+
+
+def build_info() -> dict:
+    """What this build compiled: CPU ISA, CUDA and its archs, torch version built against."""
+    return _C.build_info()
+
+
+_backend._init_from_env()

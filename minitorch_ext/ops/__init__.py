@@ -1,0 +1,5 @@
+"""Python side of every registered op: fake (meta) kernels, autograd, Triton ops.
+
+Importing a family module registers it; the raw ops are torch.ops.minitorch_ext.*.
+"""
+from . import norm  # noqa: F401
