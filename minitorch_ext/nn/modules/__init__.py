@@ -1,0 +1,2 @@
+"""Drop-in modules."""
+__all__ = []

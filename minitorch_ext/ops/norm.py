@@ -1,0 +1,1 @@
+"""Norm family (placeholder; written on main)."""
