@@ -1,1 +1,4 @@
-"""Mirrors torch.nn.functional names."""
+"""Mirrors torch.nn.functional: the same names and signatures, on our kernels."""
+from ..ops.norm import layer_norm, rms_norm
+
+__all__ = ["layer_norm", "rms_norm"]

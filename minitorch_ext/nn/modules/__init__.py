@@ -1,2 +1,4 @@
 """Drop-in modules."""
-__all__ = []
+from .normalization import LayerNorm, RMSNorm
+
+__all__ = ["LayerNorm", "RMSNorm"]

@@ -1,0 +1,377 @@
+// Row-wise normalization on the CPU: LayerNorm and RMSNorm, forward and backward.
+//
+// Algorithm. The input is viewed as M rows of N elements; rows are split over
+// threads with at::parallel_for. One templated row routine serves both norms
+// (kCenter = true: LayerNorm subtracts the mean; false: RMSNorm does not).
+//   forward, per row:  mean = sum(x)/N                      (LayerNorm only)
+//                      rstd = 1/sqrt(sum((x-mean)^2)/N + eps)
+//                      y    = (x-mean)*rstd*w + b
+//   backward, per row: xhat = (x-mean)*rstd, g = dy*w
+//                      c1 = sum(g*xhat)/N, c2 = sum(g)/N    (c2: LayerNorm only)
+//                      dx = rstd*(g - xhat*c1 - c2)
+//                      dw += dy*xhat, db += dy              (per-block partials)
+// Memory traffic. Forward reads x once from DRAM and writes y once; backward
+// reads dy and x once and writes dx once (the minimum: 2 and 3 row-passes).
+// The trick. A row (4 KB at N=1024) stays in L1/L2 between the passes of its
+// row routine, so the second and third passes cost cache bandwidth, not DRAM:
+// the two-pass variance is as cheap as the inaccurate one-pass sum of squares.
+// dweight/dbias are accumulated per block of rows into a private partial
+// buffer (no atomics, no false sharing), blocks fixed by M alone, then summed
+// over blocks in a fixed order: the result is bitwise reproducible whatever
+// the thread count. All arithmetic is in float (double for float64) on
+// at::vec::Vectorized lanes with 4 independent accumulators; bfloat16/float16
+// rows are widened into a per-thread float scratch row once and narrowed once.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "common/checks.h"
+
+namespace mte {
+namespace {
+
+using at::vec::Vectorized;
+
+// ---- small vector helpers on acc_t rows (float or double) ------------------
+
+// sum(f(i)) over a row with 4 independent vector accumulators (hides FMA latency,
+// and is pairwise-like, so the float32 rounding error stays small).
+template <typename acc_t, typename F>
+inline acc_t vsum(int64_t n, F f) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  Vec a0(0), a1(0), a2(0), a3(0);
+  int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    a0 += f(i);
+    a1 += f(i + W);
+    a2 += f(i + 2 * W);
+    a3 += f(i + 3 * W);
+  }
+  for (; i + W <= n; i += W) a0 += f(i);
+  acc_t tail = 0;
+  Vec s = (a0 + a1) + (a2 + a3);
+  acc_t buf[W];
+  s.store(buf);
+  acc_t total = 0;
+  for (int64_t k = 0; k < W; ++k) total += buf[k];
+  return total + tail;
+}
+
+// A row's elements [i, i+count) as a vector, zero padded past count.
+template <typename acc_t>
+inline Vectorized<acc_t> ld(const acc_t* p, int64_t i, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  return (i + Vec::size() <= n) ? Vec::loadu(p + i) : Vec::loadu(p + i, n - i);
+}
+
+template <typename acc_t>
+inline void st(const Vectorized<acc_t>& v, acc_t* p, int64_t i, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  if (i + Vec::size() <= n) v.store(p + i); else v.store(p + i, n - i);
+}
+
+// sum over a row, vectorized body + masked tail
+template <typename acc_t, typename F>
+inline acc_t row_sum(int64_t n, F f) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const int64_t body = n - n % W;
+  acc_t s = vsum<acc_t>(body, f);
+  if (body < n) {
+    acc_t buf[W];
+    f(body).store(buf);  // f pads with zeros past n (ld does)
+    for (int64_t k = 0; k < n - body; ++k) s += buf[k];
+  }
+  return s;
+}
+
+// ---- per-thread scratch for reduced-precision rows --------------------------
+
+// For float/double the kernel reads and writes the tensors directly; for
+// bfloat16/float16 it widens a row into float scratch and narrows the result.
+template <typename scalar_t>
+struct Rows {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  static constexpr bool kDirect = std::is_same_v<scalar_t, acc_t>;
+  std::vector<acc_t> a, b, c;
+  explicit Rows(int64_t n) {
+    if (!kDirect) { a.resize(n); b.resize(n); c.resize(n); }
+  }
+  const acc_t* in(const scalar_t* p, std::vector<acc_t>& buf, int64_t n) {
+    if constexpr (kDirect) return p;
+    else { at::vec::convert(p, buf.data(), n); return buf.data(); }
+  }
+  acc_t* out(scalar_t* p, std::vector<acc_t>& buf) {
+    if constexpr (kDirect) return p; else return buf.data();
+  }
+  void flush(const std::vector<acc_t>& buf, scalar_t* p, int64_t n) {
+    if constexpr (!kDirect) at::vec::convert(buf.data(), p, n);
+  }
+};
+
+// weight/bias widened to acc_t once per call (they are read by every row).
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> widen(const std::optional<at::Tensor>& t, int64_t n) {
+  std::vector<acc_t> v;
+  if (!t.has_value() || !t->defined()) return v;
+  auto c = t->contiguous();
+  v.resize(n);
+  at::vec::convert(c.data_ptr<scalar_t>(), v.data(), n);
+  return v;
+}
+
+// ---- forward -----------------------------------------------------------------
+
+template <typename scalar_t, bool kCenter>
+void norm_fwd_kernel(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                     const std::optional<at::Tensor>& bias, double eps, int64_t M, int64_t N,
+                     at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {
+  using R = Rows<scalar_t>;
+  using acc_t = typename R::acc_t;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const auto w = widen<scalar_t, acc_t>(weight, N);
+  const auto b = widen<scalar_t, acc_t>(bias, N);
+  const acc_t* wp = w.empty() ? nullptr : w.data();
+  const acc_t* bp = b.empty() ? nullptr : b.data();
+  const scalar_t* X = x.data_ptr<scalar_t>();
+  scalar_t* Y = y.data_ptr<scalar_t>();
+  acc_t* MEAN = kCenter ? mean.data_ptr<acc_t>() : nullptr;
+  acc_t* RSTD = rstd.data_ptr<acc_t>();
+  const acc_t inv_n = acc_t(1) / acc_t(N);
+
+  // ~64 KB of input per task keeps scheduling overhead negligible.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1));
+  at::parallel_for(0, M, grain, [&](int64_t begin, int64_t end) {
+    R rows(N);
+    for (int64_t r = begin; r < end; ++r) {
+      const acc_t* xr = rows.in(X + r * N, rows.a, N);
+      acc_t* yr = rows.out(Y + r * N, rows.b);
+      acc_t mu = 0;
+      if constexpr (kCenter) mu = row_sum<acc_t>(N, [&](int64_t i) { return ld(xr, i, N); }) * inv_n;
+      const Vec vmu(mu);
+      const acc_t var = row_sum<acc_t>(N, [&](int64_t i) {
+        // zero-padded lanes past N must contribute 0, not mu^2
+        Vec d = ld(xr, i, N) - vmu;
+        if (i + W > N) d = Vec::set(Vec(0), d, N - i);
+        return d * d;
+      }) * inv_n;
+      const acc_t rs = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
+      const Vec vrs(rs);
+      for (int64_t i = 0; i < N; i += W) {
+        Vec v = (ld(xr, i, N) - vmu) * vrs;
+        if (wp) v = v * ld(wp, i, N);
+        if (bp) v = v + ld(bp, i, N);
+        st(v, yr, i, N);
+      }
+      rows.flush(rows.b, Y + r * N, N);
+      if constexpr (kCenter) MEAN[r] = mu;
+      RSTD[r] = rs;
+    }
+  });
+}
+
+// ---- backward ----------------------------------------------------------------
+
+// Rows are grouped into nblocks fixed blocks (a function of M only); each block
+// owns a partial dweight/dbias row, reduced in block order at the end.
+inline int64_t num_blocks(int64_t M) { return std::max<int64_t>(1, std::min<int64_t>(64, M / 16)); }
+
+template <typename scalar_t, bool kCenter>
+void norm_bwd_kernel(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                     const at::Tensor& rstd, const std::optional<at::Tensor>& weight, bool want_dw,
+                     bool want_db, int64_t M, int64_t N, at::Tensor& dx, at::Tensor& dw,
+                     at::Tensor& db) {
+  using R = Rows<scalar_t>;
+  using acc_t = typename R::acc_t;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const auto w = widen<scalar_t, acc_t>(weight, N);
+  const acc_t* wp = w.empty() ? nullptr : w.data();
+  const scalar_t* DY = dy.data_ptr<scalar_t>();
+  const scalar_t* X = x.data_ptr<scalar_t>();
+  scalar_t* DX = dx.data_ptr<scalar_t>();
+  const acc_t* MEAN = kCenter ? mean.data_ptr<acc_t>() : nullptr;
+  const acc_t* RSTD = rstd.data_ptr<acc_t>();
+  const acc_t inv_n = acc_t(1) / acc_t(N);
+
+  const int64_t nb = num_blocks(M);
+  const int64_t rows_per_block = (M + nb - 1) / nb;
+  // partial[blk][0..N) = dweight partials, [N..2N) = dbias partials
+  const int64_t pw = (want_dw ? N : 0), pb = (want_db ? N : 0);
+  std::vector<acc_t> partial(static_cast<size_t>(nb) * (pw + pb), acc_t(0));
+
+  at::parallel_for(0, nb, 1, [&](int64_t blk_begin, int64_t blk_end) {
+    R rows(N);
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+      acc_t* pdw = partial.data() + blk * (pw + pb);
+      acc_t* pdb = pdw + pw;
+      const int64_t r_end = std::min(M, (blk + 1) * rows_per_block);
+      for (int64_t r = blk * rows_per_block; r < r_end; ++r) {
+        const acc_t* xr = rows.in(X + r * N, rows.a, N);
+        const acc_t* dyr = rows.in(DY + r * N, rows.b, N);
+        acc_t* dxr = rows.out(DX + r * N, rows.c);
+        const Vec vmu(kCenter ? MEAN[r] : acc_t(0));
+        const Vec vrs(RSTD[r]);
+        // pass 1: the two row sums, and the dweight/dbias partials
+        Vec s1(0), s2(0);
+        for (int64_t i = 0; i < N; i += W) {
+          const Vec xhat = (ld(xr, i, N) - vmu) * vrs;
+          const Vec d = ld(dyr, i, N);  // zero past N, so every product is 0 there
+          const Vec g = wp ? d * ld(wp, i, N) : d;
+          s1 = at::vec::fmadd(g, xhat, s1);
+          if constexpr (kCenter) s2 += g;
+          if (pw) st(at::vec::fmadd(d, xhat, ld(pdw, i, N)), pdw, i, N);
+          if (pb) st(d + ld(pdb, i, N), pdb, i, N);
+        }
+        acc_t buf[W];
+        s1.store(buf);
+        acc_t c1 = 0;
+        for (int64_t k = 0; k < W; ++k) c1 += buf[k];
+        c1 *= inv_n;
+        acc_t c2 = 0;
+        if constexpr (kCenter) {
+          s2.store(buf);
+          for (int64_t k = 0; k < W; ++k) c2 += buf[k];
+          c2 *= inv_n;
+        }
+        // pass 2 (from cache): dx = rstd * (g - xhat*c1 - c2)
+        const Vec vc1(c1), vc2(c2);
+        for (int64_t i = 0; i < N; i += W) {
+          const Vec xhat = (ld(xr, i, N) - vmu) * vrs;
+          const Vec d = ld(dyr, i, N);
+          const Vec g = wp ? d * ld(wp, i, N) : d;
+          Vec v = g - xhat * vc1;
+          if constexpr (kCenter) v = v - vc2;
+          st(v * vrs, dxr, i, N);
+        }
+        rows.flush(rows.c, DX + r * N, N);
+      }
+    }
+  });
+
+  // reduce the partials over blocks in fixed order, columns in parallel
+  auto reduce = [&](at::Tensor& out, int64_t offset) {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 1024, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        acc_t s = 0;
+        for (int64_t blk = 0; blk < nb; ++blk) s += partial[blk * (pw + pb) + offset + c];
+        o[c] = static_cast<scalar_t>(s);
+      }
+    });
+  };
+  if (want_dw) reduce(dw, 0);
+  if (want_db) reduce(db, pw);
+}
+
+// ---- op entry points -----------------------------------------------------------
+
+bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+void check_fwd(const at::Tensor& input, at::IntArrayRef ns, const std::optional<at::Tensor>& weight,
+               const std::optional<at::Tensor>& bias) {
+  check_float(input, "input");
+  check_affine(weight, "weight", input, ns);
+  check_affine(bias, "bias", input, ns);
+}
+
+template <bool kCenter>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_fwd(const at::Tensor& input, at::IntArrayRef ns,
+                                                        const std::optional<at::Tensor>& weight,
+                                                        const std::optional<at::Tensor>& bias,
+                                                        double eps) {
+  check_fwd(input, ns, weight, bias);
+  const auto [M, N] = rows_cols(input, ns);
+  auto x = input.contiguous();
+  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto sopt = x.options().dtype(stat_dtype(x.scalar_type()));
+  auto mean = at::empty({kCenter ? M : 0}, sopt);
+  auto rstd = at::empty({M}, sopt);
+  if (M > 0 && N > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_fwd_cpu", [&] {
+      norm_fwd_kernel<scalar_t, kCenter>(x, weight, bias, eps, M, N, y, mean, rstd);
+    });
+  } else if (M > 0) {  // N == 0: statistics of an empty row are NaN, as in torch
+    mean.fill_(NAN);
+    rstd.fill_(NAN);
+  }
+  return {y, mean, rstd};
+}
+
+template <bool kCenter>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(const at::Tensor& grad_output, const at::Tensor& input,
+                                                        at::IntArrayRef ns, const at::Tensor& mean,
+                                                        const at::Tensor& rstd,
+                                                        const std::optional<at::Tensor>& weight,
+                                                        bool want_db) {
+  check_fwd(input, ns, weight, std::nullopt);
+  const auto [M, N] = rows_cols(input, ns);
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(),
+              " (the shape of input), got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
+              input.scalar_type(), ", got ", grad_output.scalar_type());
+  check_same_device(grad_output, "grad_output", input, "input");
+  const auto sdt = stat_dtype(input.scalar_type());
+  TORCH_CHECK(rstd.numel() == M && rstd.scalar_type() == sdt, "rstd: expected ", M, " values of dtype ", sdt);
+  if (kCenter)
+    TORCH_CHECK(mean.numel() == M && mean.scalar_type() == sdt, "mean: expected ", M, " values of dtype ", sdt);
+  auto x = input.contiguous();
+  auto dy = grad_output.contiguous();
+  auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const bool want_dw = present(weight);
+  auto dw = want_dw ? at::zeros_like(*weight, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
+  auto db = want_db ? at::zeros(ns, x.options()) : at::empty({0}, x.options());
+  if (M > 0 && N > 0) {
+    auto mean_c = mean.contiguous();
+    auto rstd_c = rstd.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_bwd_cpu", [&] {
+      norm_bwd_kernel<scalar_t, kCenter>(dy, x, mean_c, rstd_c, weight, want_dw, want_db, M, N, dx, dw, db);
+    });
+  }
+  return {dx, dw, db};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(const at::Tensor& input, at::IntArrayRef ns,
+                                                              const std::optional<at::Tensor>& weight,
+                                                              const std::optional<at::Tensor>& bias, double eps) {
+  return norm_fwd<true>(input, ns, weight, bias, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& grad_output, const at::Tensor& input,
+                                                              at::IntArrayRef ns, const at::Tensor& mean,
+                                                              const at::Tensor& rstd,
+                                                              const std::optional<at::Tensor>& weight,
+                                                              const std::optional<at::Tensor>& bias) {
+  if (present(bias)) check_affine(bias, "bias", input, ns);
+  return norm_bwd<true>(grad_output, input, ns, mean, rstd, weight, present(bias));
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& input, at::IntArrayRef ns,
+                                                const std::optional<at::Tensor>& weight, double eps) {
+  auto [y, mean, rstd] = norm_fwd<false>(input, ns, weight, std::nullopt, eps);
+  return {y, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(const at::Tensor& grad_output, const at::Tensor& input,
+                                                at::IntArrayRef ns, const at::Tensor& rstd,
+                                                const std::optional<at::Tensor>& weight) {
+  auto [dx, dw, db] = norm_bwd<false>(grad_output, input, ns, rstd, rstd, weight, false);
+  return {dx, dw};
+}
+
+}  // namespace
+}  // namespace mte
+
+TORCH_LIBRARY_IMPL(minitorch_ext, CPU, m) {
+  m.impl("layer_norm_fwd", &mte::layer_norm_fwd);
+  m.impl("layer_norm_bwd", &mte::layer_norm_bwd);
+  m.impl("rms_norm_fwd", &mte::rms_norm_fwd);
+  m.impl("rms_norm_bwd", &mte::rms_norm_bwd);
+}
