@@ -5,11 +5,20 @@
 #include <pybind11/pybind11.h>
 #include <torch/version.h>
 
+#include "common/alloc.h"
+
 #ifndef MINITORCH_EXT_CPU_ISA
 #define MINITORCH_EXT_CPU_ISA "default"
 #endif
 
 namespace py = pybind11;
+
+namespace mte {
+std::atomic<bool>& poison_flag() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+}  // namespace mte
 
 static py::dict build_info() {
   py::dict d;
@@ -28,4 +37,7 @@ static py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "minitorch_ext compiled kernels (registered as torch.ops.minitorch_ext.*)";
   m.def("build_info", &build_info, "What this build of minitorch_ext compiled");
+  m.def("set_poison", [](bool on) { mte::poison_flag().store(on); },
+        "Testing aid: fill every new floating-point kernel output with NaN before the kernel writes it");
+  m.def("get_poison", []() { return mte::poison_flag().load(); });
 }

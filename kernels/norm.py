@@ -31,8 +31,14 @@ The trick that makes it fast
     for dx, and keeps dw/db as per-program register accumulators over a fixed
     contiguous range of rows: no atomics, so the result is deterministic, and
     the weight gradient costs one (P, N) write instead of an (M, N) one.
-    Rows wider than the register budget (e.g. N = 65537) take a chunked-loop
-    path that streams the row in BLOCK_N pieces (re-reading it, mostly from L2).
+    Rows wider than the register budget (N > 8192 fp32 / 4096 fp64, e.g.
+    N = 65537) take a chunked-loop path that streams the row in BLOCK_N
+    pieces: forward reads x three times, backward reads x and dy three times
+    (row sums, dx, then dw/db columns-outer so every partial is written once
+    from registers); the re-reads mostly hit L2.
+
+Numerics: eps reaches the kernel as a float32 scalar (Triton types Python
+floats so); in the float64 path that is a relative change of ~1e-8 in eps.
 
 Launching: on a GPU the caller registers these functions with
 torch.library.triton_op, which needs every launch to go through
@@ -48,11 +54,11 @@ import torch
 import triton
 import triton.language as tl
 
-# A row is kept in registers while it fits in this many bytes of *input*
-# (the Triton tutorial's budget); wider rows take the chunked path. Backward
-# holds x, dy, w, dw and db at once, so it gets half the budget.
-_FWD_FUSED_BYTES = 65536
-_BWD_FUSED_BYTES = 32768
+# A row is kept in registers while its float32 (float64) working copy fits in
+# this many bytes: 8192 fp32 / 4096 fp64 elements. Measured with ptxas for
+# sm_90: at 16 warps that is <= 128 registers per thread with no spills in
+# forward and backward; twice that spills. Wider rows take the chunked path.
+_MAX_FUSED_ACC_BYTES = 32768
 
 
 def _interpreting() -> bool:
@@ -73,12 +79,11 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _block_n(N: int, element_size: int, budget_bytes: int, max_block_n: int | None):
+def _block_n(N: int, dtype: torch.dtype, max_block_n: int | None):
     """(BLOCK_N, ONE_BLOCK): the whole row in one block when it fits the budget."""
-    cap = max(16, budget_bytes // element_size)
+    cap = _MAX_FUSED_ACC_BYTES // _stats_dtype(dtype).itemsize
     if max_block_n is not None:
-        cap = min(cap, max_block_n)
-    cap = triton.next_power_of_2(cap + 1) // 2  # largest power of two <= cap
+        cap = min(cap, triton.next_power_of_2(max_block_n + 1) // 2)  # a power of two
     block = min(triton.next_power_of_2(N), cap)
     return block, N <= block
 
@@ -92,16 +97,45 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _num_programs(M: int, device: torch.device) -> int:
-    """(P, rows_per_program) of a backward launch. Each owns a contiguous range of rows and
-    writes one row of the dw/db partial buffer, so this fixes the summation
-    order: same device and shape -> bitwise the same gradients."""
+def _num_programs(M: int, device: torch.device) -> tuple[int, int]:
+    """(P, rows_per_program) of a backward launch. Each program owns a
+    contiguous range of rows and writes one row of the dw/db partial buffer,
+    so this fixes the summation order: same device and shape -> bitwise the
+    same gradients."""
     if device.type == "cuda":
         target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     else:
         target = 4  # interpreter: a few programs, enough to exercise the split
     rows_per_program = triton.cdiv(M, min(M, target))
     return triton.cdiv(M, rows_per_program), rows_per_program
+
+
+# Triton's interpreter converts float32 -> bfloat16 by truncation (round toward
+# zero; triton 3.8 `cast_impl`), while compiled code rounds to nearest even
+# (cvt.rn.bf16.f32). That doubles the error of every bf16 output on the CPU
+# and turns 0.99999 into 0.996. So under the interpreter only, bf16 outputs
+# are rounded to nearest even with integer ops first; the truncating
+# conversion is then exact (except bf16 subnormals, which the interpreter
+# flushes to zero). Compiled kernels never see this branch.
+_INTERPRETER_BF16_RTNE = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@triton.jit
+def _rtne_bf16(x):
+    """float32 x rounded to the nearest bfloat16 (ties to even), as float32."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # NaN stays NaN
+
+
+@triton.jit
+def _store_out(ptrs, x, mask):
+    """tl.store(ptrs, x, mask): the store of every kernel output, converting
+    to the pointer's dtype (bf16 rounding fixed under the interpreter)."""
+    if _INTERPRETER_BF16_RTNE:
+        if ptrs.dtype.element_ty == tl.bfloat16:
+            x = _rtne_bf16(x.to(tl.float32))
+    tl.store(ptrs, x, mask=mask)
 
 
 # --------------------------------------------------------------------------
@@ -119,7 +153,7 @@ def _sum_partials_kernel(Partial, Out, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.
         ptrs = Partial + rows[:, None].to(tl.int64) * N + cols[None, :]
         mask = (rows[:, None] < P) & col_mask[None, :]
         acc += tl.load(ptrs, mask=mask, other=0.0)
-    tl.store(Out + cols, tl.sum(acc, axis=0), mask=col_mask)  # casts to Out's dtype
+    _store_out(Out + cols, tl.sum(acc, axis=0), col_mask)
 
 
 def _sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -161,7 +195,7 @@ def _layer_norm_fwd_kernel(
             y = y * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
         if HAS_BIAS:
             y = y + tl.load(B + cols, mask=mask, other=0.0).to(ACC)
-        tl.store(Y + cols, y, mask=mask)
+        _store_out(Y + cols, y, mask)
     else:
         # Row wider than the register budget: three streaming passes.
         acc = tl.zeros([BLOCK_N], dtype=ACC)
@@ -187,7 +221,7 @@ def _layer_norm_fwd_kernel(
                 y = y * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
             if HAS_BIAS:
                 y = y + tl.load(B + cols, mask=mask, other=0.0).to(ACC)
-            tl.store(Y + cols, y, mask=mask)
+            _store_out(Y + cols, y, mask)
 
     tl.store(Mean + row, mean)
     tl.store(Rstd + row, rstd)
@@ -227,7 +261,7 @@ def _layer_norm_bwd_kernel(
             c1 = tl.sum(xhat * g, axis=0) / N
             c2 = tl.sum(g, axis=0) / N
             dx = (g - (xhat * c1 + c2)) * rstd
-            tl.store(DX + r * stride_dx + cols, dx, mask=mask)
+            _store_out(DX + r * stride_dx + cols, dx, mask)
             if HAS_WEIGHT:
                 dw += dy * xhat
             if HAS_BIAS:
@@ -262,7 +296,7 @@ def _layer_norm_bwd_kernel(
                 if HAS_WEIGHT:
                     g = g * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
                 xhat = (x - mean) * rstd
-                tl.store(DX + r * stride_dx + cols, (g - (xhat * c1 + c2)) * rstd, mask=mask)
+                _store_out(DX + r * stride_dx + cols, (g - (xhat * c1 + c2)) * rstd, mask)
         # dw/db: columns outer, rows inner, so each partial element is written
         # exactly once from registers (no read-modify-write of global memory).
         if HAS_WEIGHT or HAS_BIAS:
@@ -297,7 +331,7 @@ def layer_norm_fwd(x2d, weight, bias, eps, *, max_block_n=None):
         return y, mean, rstd
     if N == 0:  # nothing to normalize; torch reports rstd = nan here, we report 0
         return y, mean.zero_(), rstd.zero_()
-    BLOCK_N, ONE_BLOCK = _block_n(N, x2d.element_size(), _FWD_FUSED_BYTES, max_block_n)
+    BLOCK_N, ONE_BLOCK = _block_n(N, x2d.dtype, max_block_n)
     _launch(_layer_norm_fwd_kernel)[(M,)](
         x2d, y,
         weight if weight is not None else x2d,  # dummy pointer, never read
@@ -324,7 +358,7 @@ def layer_norm_bwd(dy2d, x2d, mean, rstd, weight, bias, *, max_block_n=None):
     P, rows_per_program = _num_programs(M, dev)
     dw_part = torch.empty((P, N), dtype=sdt, device=dev) if has_w else None
     db_part = torch.empty((P, N), dtype=sdt, device=dev) if has_b else None
-    BLOCK_N, ONE_BLOCK = _block_n(N, x2d.element_size(), _BWD_FUSED_BYTES, max_block_n)
+    BLOCK_N, ONE_BLOCK = _block_n(N, x2d.dtype, max_block_n)
     _launch(_layer_norm_bwd_kernel)[(P,)](
         dy2d, x2d, weight if has_w else x2d, mean, rstd, dx,
         dw_part if has_w else rstd, db_part if has_b else rstd,  # dummies, never written
@@ -359,7 +393,7 @@ def _rms_norm_fwd_kernel(
         y = x * rstd
         if HAS_WEIGHT:
             y = y * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
-        tl.store(Y + cols, y, mask=mask)
+        _store_out(Y + cols, y, mask)
     else:
         acc = tl.zeros([BLOCK_N], dtype=ACC)
         for start in range(0, N, BLOCK_N):
@@ -373,7 +407,7 @@ def _rms_norm_fwd_kernel(
             y = tl.load(X + cols, mask=mask, other=0.0).to(ACC) * rstd
             if HAS_WEIGHT:
                 y = y * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
-            tl.store(Y + cols, y, mask=mask)
+            _store_out(Y + cols, y, mask)
 
     tl.store(Rstd + row, rstd)
 
@@ -405,7 +439,7 @@ def _rms_norm_bwd_kernel(
             if HAS_WEIGHT:
                 g = dy * w
             c1 = tl.sum(xhat * g, axis=0) / N
-            tl.store(DX + r * stride_dx + cols, (g - xhat * c1) * rstd, mask=mask)
+            _store_out(DX + r * stride_dx + cols, (g - xhat * c1) * rstd, mask)
             if HAS_WEIGHT:
                 dw += dy * xhat
         if HAS_WEIGHT:
@@ -430,7 +464,7 @@ def _rms_norm_bwd_kernel(
                 g = tl.load(DY + r * stride_dy + cols, mask=mask, other=0.0).to(ACC)
                 if HAS_WEIGHT:
                     g = g * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
-                tl.store(DX + r * stride_dx + cols, (g - xhat * c1) * rstd, mask=mask)
+                _store_out(DX + r * stride_dx + cols, (g - xhat * c1) * rstd, mask)
         if HAS_WEIGHT:
             for start in range(0, N, BLOCK_N):
                 cols = start + tl.arange(0, BLOCK_N)
@@ -453,7 +487,7 @@ def rms_norm_fwd(x2d, weight, eps, *, max_block_n=None):
         return y, rstd
     if N == 0:  # torch reports rstd = nan here, we report 0
         return y, rstd.zero_()
-    BLOCK_N, ONE_BLOCK = _block_n(N, x2d.element_size(), _FWD_FUSED_BYTES, max_block_n)
+    BLOCK_N, ONE_BLOCK = _block_n(N, x2d.dtype, max_block_n)
     _launch(_rms_norm_fwd_kernel)[(M,)](
         x2d, y, weight if weight is not None else x2d, rstd,
         x2d.stride(0), y.stride(0), N, eps,
@@ -473,7 +507,7 @@ def rms_norm_bwd(dy2d, x2d, rstd, weight, *, max_block_n=None):
         return dx, (torch.zeros((N,), dtype=weight.dtype, device=dev) if has_w else None)
     P, rows_per_program = _num_programs(M, dev)
     dw_part = torch.empty((P, N), dtype=_stats_dtype(x2d.dtype), device=dev) if has_w else None
-    BLOCK_N, ONE_BLOCK = _block_n(N, x2d.element_size(), _BWD_FUSED_BYTES, max_block_n)
+    BLOCK_N, ONE_BLOCK = _block_n(N, x2d.dtype, max_block_n)
     _launch(_rms_norm_bwd_kernel)[(P,)](
         dy2d, x2d, weight if has_w else x2d, rstd, dx,
         dw_part if has_w else rstd,
@@ -513,7 +547,14 @@ def _canary_bf16_accum_kernel(X, Out, Y, N, BLOCK: tl.constexpr):
     mask = cols < N
     x = tl.load(X + cols, mask=mask, other=0.0).to(Out.dtype.element_ty)
     tl.store(Out, tl.sum(x * x, axis=0))
-    tl.store(Y + cols, x * 0.5, mask=mask)  # fp32 -> bf16 on store
+    tl.store(Y + cols, x * 0.5, mask=mask)  # exact fp32 -> bf16 on store
+
+
+@triton.jit
+def _canary_bf16_store_kernel(X, Y, N, BLOCK: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    _store_out(Y + cols, tl.load(X + cols, mask=mask), mask)  # fp32 -> bf16, rounded
 
 
 @triton.jit
@@ -575,6 +616,13 @@ def interpreter_canaries(device=None):
     _canary_bf16_accum_kernel[(1,)](x, o, y, 37, BLOCK=64)
     ok = torch.allclose(o[0], (x.float() ** 2).sum(), rtol=1e-6) and torch.equal(y, (x.float() * 0.5).bfloat16())
     out.append(("fp32 accumulation of bf16 loads", bool(ok)))
+
+    x = torch.cat([rnd(61), torch.tensor([0.99999, 1.00390625, 1.01171875, -1.00390625, 3.0e38,
+                                          float("inf"), float("-inf"), float("nan"), 0.0, -0.0],
+                                         device=device)])  # (it flushes bf16 subnormals to 0)
+    y = torch.empty(x.numel(), dtype=torch.bfloat16, device=device)
+    _canary_bf16_store_kernel[(1,)](x, y, x.numel(), BLOCK=128)
+    out.append(("fp32 -> bf16 output rounding (nearest even)", torch.equal(y.float().nan_to_num(), x.bfloat16().float().nan_to_num())))
 
     M, N = 3, 5
     x = rnd(M, 8)

@@ -21,7 +21,7 @@ from kernels import norm as K  # noqa: E402
 DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 EPS = 1e-5
 # absolute slack on top of "within 4x of torch's own error"
-ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
+ATOL = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3, torch.float64: 1e-12}
 
 
 def err(a, ref):
