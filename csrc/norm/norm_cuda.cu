@@ -584,20 +584,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(const at::Tensor& grad_o
         N, {x.const_data_ptr(), dy.const_data_ptr(), grad_input.const_data_ptr(), w_ptr});
 
     // Shared memory: accumulators first (they save L2 round trips on every
-    // row), then the x/dy row copies if there is still room.
+    // row), then the x/dy row copies if there is still room. If the
+    // accumulators do not fit, try fewer rows per block (down to one warp);
+    // failing that they live in global memory, which needs one row per
+    // block. (On current GPUs only rows of thousands of features get there,
+    // and those have one row per block anyway.)
     const size_t budget = smem_budget();
-    const size_t acc_bytes =
-        align16(size_t(rsh.ty) * size_t(N) * sizeof(A)) * (size_t(has_dw) + size_t(has_db));
-    const size_t cache_bytes = 2 * align16(size_t(rsh.ty) * size_t(N) * sizeof(scalar_t));
-    const bool acc_in_smem = kScratchBytes + acc_bytes <= budget;
-    const bool cache_rows = kScratchBytes + (acc_in_smem ? acc_bytes : 0) + cache_bytes <= budget;
-    TORCH_INTERNAL_ASSERT(acc_in_smem || rsh.ty == 1, "norm_bwd: global accumulators need one row per block");
-    const size_t smem = bwd_smem_layout(rsh.ty, N, sizeof(scalar_t), sizeof(A), cache_rows, acc_in_smem,
+    RowShape shape = rsh;
+    auto acc_bytes = [&] {
+      return align16(size_t(shape.ty) * size_t(N) * sizeof(A)) * (size_t(has_dw) + size_t(has_db));
+    };
+    bool acc_in_smem = kScratchBytes + acc_bytes() <= budget;
+    if (!acc_in_smem) {
+      shape.ty = std::max(1, 32 / shape.tx);
+      acc_in_smem = kScratchBytes + acc_bytes() <= budget;
+      TORCH_CHECK(acc_in_smem || shape.ty == 1, "norm_bwd (CUDA): not enough shared memory on this device");
+    }
+    const size_t cache_bytes = 2 * align16(size_t(shape.ty) * size_t(N) * sizeof(scalar_t));
+    const bool cache_rows = kScratchBytes + (acc_in_smem ? acc_bytes() : 0) + cache_bytes <= budget;
+    const size_t smem = bwd_smem_layout(shape.ty, N, sizeof(scalar_t), sizeof(A), cache_rows, acc_in_smem,
                                         has_dw, has_db).total;
 
     auto kernel = norm_bwd_kernel<scalar_t, kRMS>;
-    const int threads = rsh.tx * rsh.ty;
-    const int64_t grid = resident_grid(kernel, threads, smem, budget, ceil_div(M, rsh.ty));
+    const int threads = shape.tx * shape.ty;
+    const int64_t grid = resident_grid(kernel, threads, smem, budget, ceil_div(M, shape.ty));
 
     // Per-block partial sums: [has_dw + has_db, grid, N].
     const int64_t nparts = int64_t(has_dw) + int64_t(has_db);
@@ -605,7 +615,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(const at::Tensor& grad_o
     A* dw_part = has_dw ? part.mutable_data_ptr<A>() : nullptr;
     A* db_part = has_db ? part.mutable_data_ptr<A>() + (has_dw ? grid * N : 0) : nullptr;
 
-    kernel<<<static_cast<unsigned>(grid), dim3(rsh.tx, rsh.ty), smem, stream>>>(
+    kernel<<<static_cast<unsigned>(grid), dim3(shape.tx, shape.ty), smem, stream>>>(
         dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
         kRMS ? nullptr : mean_c.const_data_ptr<A>(), rstd_c.const_data_ptr<A>(), w_ptr,
         grad_input.mutable_data_ptr<scalar_t>(), dw_part, db_part, M, N, cache_rows, acc_in_smem, vec);

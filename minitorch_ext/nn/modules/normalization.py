@@ -53,7 +53,7 @@ class LayerNorm(nn.Module):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
+        return nn.LayerNorm.extra_repr(self)  # same repr as the torch version installed
 
 
 class RMSNorm(nn.Module):
@@ -80,4 +80,4 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
-        return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
+        return nn.RMSNorm.extra_repr(self)

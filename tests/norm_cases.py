@@ -1,0 +1,184 @@
+"""The norm family's sample inputs and bad inputs, for minitorch_ext.testing.
+
+One description drives every check for LayerNorm and RMSNorm, on every backend.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+
+import minitorch_ext as mte
+from minitorch_ext.testing import BadInput, OpSpec, Sample
+
+OPS = torch.ops.minitorch_ext
+LAYOUTS = ("contig", "noncontig", "transposed", "expanded")
+# sizes off every block multiple: 1, primes, powers of two and their neighbours
+WIDTHS = (1, 2, 3, 5, 7, 16, 17, 31, 64, 97, 128, 257, 1000, 1024, 4097)
+
+
+def _make_sample(kind: str, lead, ns, layout: str, affine: bool, bias: bool, seed: int) -> Sample:
+    g = torch.Generator().manual_seed(seed)
+    ns = tuple(ns)
+    if layout == "transposed" and (len(lead) != 1 or len(ns) != 1):
+        layout = "contig"
+    if layout == "expanded" and math.prod(lead) == 0:
+        layout = "contig"
+    if layout == "contig":
+        leaf_shape = (*lead, *ns)
+    elif layout == "noncontig":
+        leaf_shape = (*lead, *ns[:-1], 2 * ns[-1])
+    elif layout == "transposed":
+        leaf_shape = (ns[0], lead[0])
+    else:  # expanded: one row broadcast over the batch
+        leaf_shape = (1,) * len(lead) + ns
+    # an offset mean and a scale, so that centring is exercised
+    x = torch.randn(leaf_shape, generator=g, dtype=torch.float64) * 2.0 + 3.0
+    w = (torch.randn(ns, generator=g, dtype=torch.float64) * 0.5 + 1.0) if affine else None
+    b = torch.randn(ns, generator=g, dtype=torch.float64) if (affine and bias and kind == "layer_norm") else None
+    eps = 1e-5
+
+    def view(t):
+        if layout == "noncontig":
+            return t[..., ::2]
+        if layout == "transposed":
+            return t.t()
+        if layout == "expanded":
+            return t.expand(*lead, *ns)
+        return t
+
+    if kind == "layer_norm":
+        def build(fn, L):
+            return fn(view(L["input"]), ns, L["weight"], L["bias"], eps)
+        leaves = {"input": x, "weight": w, "bias": b}
+    else:
+        def build(fn, L):
+            return fn(view(L["input"]), ns, L["weight"], eps)
+        leaves = {"input": x, "weight": w}
+    return Sample(leaves, build, desc=f"{kind} lead={lead} ns={ns} {layout} affine={affine} bias={b is not None}",
+                  meta={"ns": list(ns), "view": view})
+
+
+def _fixed_samples(kind: str, backend: str):
+    """Small shapes for gradcheck / opcheck."""
+    cases = [
+        ((3,), (5,), "contig", True, True),
+        ((2, 3), (7,), "noncontig", True, False),
+        ((4,), (6,), "transposed", False, False),
+        ((3,), (2, 3), "expanded", True, True),
+        ((1,), (1,), "contig", True, True),
+        ((0,), (4,), "contig", True, True),
+    ]
+    return [_make_sample(kind, *c, seed=i) for i, c in enumerate(cases)]
+
+
+def _strategy(kind: str, backend: str):
+    # the interpreter runs one program instance at a time: keep its shapes small
+    max_numel = 1 << 12 if backend == "triton" else 1 << 18
+
+    @st.composite
+    def draw(data):
+        wide = data(st.integers(0, 9)) == 0
+        if wide:  # a row wider than any block: 65537 elements
+            lead, ns = (data(st.sampled_from([1, 2])),), (65537,)
+        else:
+            n = data(st.sampled_from(WIDTHS))
+            ns = (n,) if data(st.booleans()) else (data(st.sampled_from([2, 3])), n)
+            lead = data(st.sampled_from([(), (0,), (1,), (2,), (3,), (5,), (13,), (2, 3), (4, 7), (64,)]))
+            while math.prod(lead) * math.prod(ns) > max_numel and math.prod(lead) > 1:
+                lead = lead[:-1] + (max(1, lead[-1] // 2),)
+        layout = data(st.sampled_from(LAYOUTS))
+        affine = data(st.booleans())
+        bias = data(st.booleans())
+        seed = data(st.integers(0, 2**16))
+        return _make_sample(kind, lead, ns, layout, affine, bias, seed)
+
+    return draw()
+
+
+def _raw_ops(kind: str):
+    def raw(sample: Sample, backend: str):
+        sfx = "_triton" if backend == "triton" else ""
+        L = sample.cast(torch.float32, "cpu", requires_grad=False)
+        ns, view = sample.meta["ns"], sample.meta["view"]
+        x = view(L["input"]).contiguous()
+        xg = x.clone().requires_grad_(True)
+        w = L["weight"]
+        fwd = getattr(OPS, f"{kind}_fwd{sfx}")
+        bwd = getattr(OPS, f"{kind}_bwd{sfx}")
+        if kind == "layer_norm":
+            y, mean, rstd = fwd(x, ns, w, L["bias"], 1e-5)
+            return [(fwd, (xg, ns, w, L["bias"], 1e-5)),
+                    (bwd, (torch.randn_like(y), x, ns, mean, rstd, w, L["bias"]))]
+        y, rstd = fwd(x, ns, w, 1e-6)
+        return [(fwd, (xg, ns, w, 1e-6)), (bwd, (torch.randn_like(y), x, ns, rstd, w))]
+
+    return raw
+
+
+def _bad_inputs(kind: str):
+    ours = getattr(mte.nn.functional, kind)
+
+    def bad():
+        x = torch.randn(3, 4)
+        w4, w5 = torch.ones(4), torch.ones(5)
+        items = [
+            BadInput(lambda: ours(x, (5,)), RuntimeError, r"normalized_shape=\[5\].*input", "shape mismatch"),
+            BadInput(lambda: ours(x, (2, 4)), RuntimeError, r"normalized_shape", "too many dims"),
+            BadInput(lambda: ours(x, (4,), w5), RuntimeError, r"weight.*shape", "weight shape"),
+            BadInput(lambda: ours(torch.ones(3, 4, dtype=torch.long), (4,)), RuntimeError, r"input.*floating",
+                     "integer input"),
+            BadInput(lambda: ours(torch.ones(3, 4, dtype=torch.int32), (4,), torch.ones(4, dtype=torch.int32)),
+                     RuntimeError, r"input.*floating", "integer input and weight"),
+            BadInput(lambda: ours(x, (4,), w4.double()), RuntimeError, r"weight.*dtype", "weight dtype"),
+            BadInput(lambda: ours(x, (4,), torch.ones(4, device="meta")), RuntimeError, r"weight.*device",
+                     "weight on another device"),
+            BadInput(lambda: ours("x", (4,)), TypeError, r"input", "input not a tensor"),
+        ]
+        if kind == "layer_norm":
+            items += [
+                BadInput(lambda: ours(x, (4,), w4, w5), RuntimeError, r"bias.*shape", "bias shape"),
+                BadInput(lambda: ours(x, (4,), w4, torch.ones(4, device="meta")), RuntimeError, r"bias.*device",
+                         "bias on another device"),
+                # the raw C++ op checks its arguments too
+                BadInput(lambda: OPS.layer_norm_fwd(x, [5], None, None, 1e-5), RuntimeError,
+                         r"input: given normalized_shape", "raw op shape"),
+                BadInput(lambda: OPS.layer_norm_fwd(x, [4], w5, None, 1e-5), RuntimeError,
+                         r"weight: expected shape", "raw op weight"),
+            ]
+        else:
+            items += [
+                BadInput(lambda: OPS.rms_norm_fwd(x.long(), [4], None, 1e-5), RuntimeError,
+                         r"input: expected a floating point", "raw op dtype"),
+            ]
+        return items
+
+    return bad
+
+
+def spec(kind: str) -> OpSpec:
+    ours = getattr(mte.nn.functional, kind)
+    native = getattr(F, kind)
+    return OpSpec(
+        name=kind,
+        ours=ours,
+        native=native,
+        samples=lambda backend: _fixed_samples(kind, backend),
+        strategy=lambda backend: _strategy(kind, backend),
+        raw_ops=_raw_ops(kind),
+        bad_inputs=_bad_inputs(kind),
+    )
+
+
+def small_model(kind: str):
+    """A small model on our modules, for the torch.compile smoke test."""
+    norm = (lambda n: mte.nn.LayerNorm(n)) if kind == "layer_norm" else (lambda n: mte.nn.RMSNorm(n))
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(16, 32), norm(32), torch.nn.ReLU(),
+                                   torch.nn.Linear(32, 8), norm(8))
+
+    return make
