@@ -5,7 +5,7 @@ from hypothesis import given
 
 import minitorch_ext as mte
 from minitorch_ext import testing
-from norm_cases import small_model, spec
+from minitorch_ext.cases.norm import small_model, spec
 
 KIND = "layer_norm"
 SPEC = spec(KIND)

@@ -1,4 +1,4 @@
-"""The norm family's sample inputs and bad inputs, for minitorch_ext.testing.
+"""The norm family's sample inputs, bad inputs and raw ops, for minitorch_ext.testing.
 
 One description drives every check for LayerNorm and RMSNorm, on every backend.
 """
@@ -8,7 +8,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from hypothesis import strategies as st
 
 import minitorch_ext as mte
 from minitorch_ext.testing import BadInput, OpSpec, Sample
@@ -61,6 +60,17 @@ def _make_sample(kind: str, lead, ns, layout: str, affine: bool, bias: bool, see
                   meta={"ns": list(ns), "view": view})
 
 
+def parity_samples(kind: str, backend: str):
+    """A few representative shapes for the parity table (small enough for the interpreter)."""
+    big = backend != "triton"
+    cases = [((64,), (1024,) if big else (128,), "contig", True, True),
+             ((33,), (97,), "noncontig", True, True),
+             ((2,), (65537,), "contig", True, False),
+             ((4, 5), (3, 17), "expanded", True, True),
+             ((0,), (8,), "contig", True, True)]
+    return [_make_sample(kind, *c, seed=100 + i) for i, c in enumerate(cases)]
+
+
 def _fixed_samples(kind: str, backend: str):
     """Small shapes for gradcheck / opcheck."""
     cases = [
@@ -75,6 +85,8 @@ def _fixed_samples(kind: str, backend: str):
 
 
 def _strategy(kind: str, backend: str):
+    from hypothesis import strategies as st  # a test dependency, imported only here
+
     # the interpreter runs one program instance at a time: keep its shapes small
     max_numel = 1 << 12 if backend == "triton" else 1 << 18
 
@@ -169,6 +181,7 @@ def spec(kind: str) -> OpSpec:
         strategy=lambda backend: _strategy(kind, backend),
         raw_ops=_raw_ops(kind),
         bad_inputs=_bad_inputs(kind),
+        extra={"parity_samples": lambda backend: parity_samples(kind, backend)},
     )
 
 
