@@ -93,7 +93,7 @@ class OpSpec:
     native: Callable
     samples: Callable[[str], List[Sample]]                    # backend -> small fixed samples
     strategy: Callable[[str], Any]                            # backend -> hypothesis strategy of Sample
-    raw_ops: Callable[[Sample, str], List[Tuple[Any, tuple]]] # (sample, backend) -> [(op, args)]
+    raw_ops: Callable[..., List[Tuple[Any, tuple]]]           # (sample, backend, device) -> [(op, args)]
     bad_inputs: Callable[[], List[BadInput]] = lambda: []
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16)
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -204,8 +204,8 @@ def check_gradcheck(spec: OpSpec, sample: Sample, backend: str, device="cpu", gr
             assert torch.autograd.gradgradcheck(f, inputs)
 
 
-def check_opcheck(spec: OpSpec, sample: Sample, backend: str) -> None:
-    for op, args in spec.raw_ops(sample, backend):
+def check_opcheck(spec: OpSpec, sample: Sample, backend: str, device="cpu") -> None:
+    for op, args in spec.raw_ops(sample, backend, device):
         with poisoned():
             torch.library.opcheck(op, args)
 

@@ -111,9 +111,9 @@ def _strategy(kind: str, backend: str):
 
 
 def _raw_ops(kind: str):
-    def raw(sample: Sample, backend: str):
+    def raw(sample: Sample, backend: str, device="cpu"):
         sfx = "_triton" if backend == "triton" else ""
-        L = sample.cast(torch.float32, "cpu", requires_grad=False)
+        L = sample.cast(torch.float32, device, requires_grad=False)
         ns, view = sample.meta["ns"], sample.meta["view"]
         x = view(L["input"]).contiguous()
         xg = x.clone().requires_grad_(True)

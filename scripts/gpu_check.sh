@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One prepared check for the lent GPU machine (the device tool), inside ~8 minutes:
+#   build the extension with CUDA for sm_90, run the CUDA-marked tests for the
+#   CUDA and Triton backends, benchmark on cuda against native torch, and write
+#   everything under $OUT (summary.txt is the table to read first).
+# Usage (from the repo root, on the device):  bash scripts/gpu_check.sh
+# The device has Python 3.12, torch 2.11 + CUDA 13.0, triton 3.6, nvcc, ninja,
+# pytest, hypothesis and no network: nothing here downloads anything.
+set -uo pipefail
+OUT=${OUT:-/tmp/minitorch_ext_gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-16}
+unset TRITON_INTERPRET
+PY=${PYTHON:-python3}
+summary="$OUT/summary.txt"
+: > "$summary"
+say() { echo "$*" | tee -a "$summary"; }
+
+say "== gpu_check $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$summary"
+
+t0=$(date +%s)
+if ! timeout 300 $PY -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+  say "pip editable install failed (see build.log); trying an in-place build"
+  timeout 300 $PY setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 || { say "BUILD FAILED"; tail -40 "$OUT/build.log" | tee -a "$summary"; exit 1; }
+  ln -sfn ../kernels minitorch_ext/kernels; ln -sfn ../models minitorch_ext/models
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+say "build: $(( $(date +%s) - t0 )) s"
+$PY -m minitorch_ext info 2>&1 | tee -a "$summary"
+
+t0=$(date +%s)
+timeout 240 $PY -m pytest -q -m cuda -p no:cacheprovider tests > "$OUT/tests.txt" 2>&1
+rc=$?
+say "cuda tests (rc=$rc, $(( $(date +%s) - t0 )) s):"
+grep -E "passed|failed|error" "$OUT/tests.txt" | tail -3 | tee -a "$summary"
+grep -E "^(FAILED|ERROR)" "$OUT/tests.txt" | head -20 | tee -a "$summary"
+
+t0=$(date +%s)
+timeout 150 $PY -m minitorch_ext.bench all --device cuda --json "$OUT/bench_cuda.json" > "$OUT/bench_cuda.txt" 2>&1
+say "bench (rc=$?, $(( $(date +%s) - t0 )) s):"
+cat "$OUT/bench_cuda.txt" >> "$summary"
+tail -60 "$OUT/bench_cuda.txt"
