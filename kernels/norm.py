@@ -73,6 +73,18 @@ def _launch(kernel):
     return torch.library.wrap_triton(kernel)
 
 
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """torch.empty for every buffer a kernel fills. When the checker's poison
+    switch is on (minitorch_ext._poison) it comes NaN-filled, so an element
+    the kernel never writes fails the tests. Plain torch.empty when the
+    package is not importable (this file used on its own)."""
+    try:
+        from minitorch_ext import _poison
+    except ImportError:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return _poison.empty(shape, dtype=dtype, device=device)
+
+
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation / statistics dtype: float64 for float64 input, else float32.
     The kernels read it back from the Mean/Rstd pointer type."""
@@ -158,8 +170,10 @@ def _sum_partials_kernel(Partial, Out, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.
 
 def _sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     P, N = partial.shape
-    out = torch.empty(N, dtype=dtype, device=partial.device)
-    BLOCK_N = 128
+    out = _empty(N, dtype, partial.device)
+    # 128 columns a program on a GPU; under the interpreter, whose cost is per
+    # program instance, wider blocks (same order of additions per column).
+    BLOCK_N = 1024 if _interpreting() else 128
     BLOCK_P = min(32, triton.next_power_of_2(P))
     _launch(_sum_partials_kernel)[(triton.cdiv(N, BLOCK_N),)](
         partial, out, P, N, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, num_warps=4)
@@ -324,17 +338,17 @@ def layer_norm_fwd(x2d, weight, bias, eps, *, max_block_n=None):
     M, N = x2d.shape
     dev = x2d.device
     sdt = _stats_dtype(x2d.dtype)
-    y = torch.empty((M, N), dtype=x2d.dtype, device=dev)
-    mean = torch.empty((M,), dtype=sdt, device=dev)
-    rstd = torch.empty((M,), dtype=sdt, device=dev)
+    y = _empty((M, N), x2d.dtype, dev)
+    mean = _empty((M,), sdt, dev)
+    rstd = _empty((M,), sdt, dev)
     if M == 0:
         return y, mean, rstd
     if N == 0:  # nothing to normalize; torch reports rstd = nan here, we report 0
-        return y, mean.zero_(), rstd.zero_()
+        return y, torch.zeros_like(mean), torch.zeros_like(rstd)
     BLOCK_N, ONE_BLOCK = _block_n(N, x2d.dtype, max_block_n)
     _launch(_layer_norm_fwd_kernel)[(M,)](
         x2d, y,
-        weight if weight is not None else x2d,  # dummy pointer, never read
+        weight if weight is not None else x2d,  # unused slots: any tensor, never read
         bias if bias is not None else x2d,
         mean, rstd,
         x2d.stride(0), y.stride(0), N, eps,
@@ -348,7 +362,7 @@ def layer_norm_bwd(dy2d, x2d, mean, rstd, weight, bias, *, max_block_n=None):
     """dx, dweight (None without weight), dbias (None without bias)."""
     M, N = x2d.shape
     dev = x2d.device
-    dx = torch.empty((M, N), dtype=x2d.dtype, device=dev)
+    dx = _empty((M, N), x2d.dtype, dev)
     has_w, has_b = weight is not None, bias is not None
     if M == 0 or N == 0:
         dw = torch.zeros((N,), dtype=weight.dtype, device=dev) if has_w else None
@@ -356,12 +370,14 @@ def layer_norm_bwd(dy2d, x2d, mean, rstd, weight, bias, *, max_block_n=None):
         return dx, dw, db
     sdt = _stats_dtype(x2d.dtype)
     P, rows_per_program = _num_programs(M, dev)
-    dw_part = torch.empty((P, N), dtype=sdt, device=dev) if has_w else None
-    db_part = torch.empty((P, N), dtype=sdt, device=dev) if has_b else None
+    dw_part = _empty((P, N), sdt, dev) if has_w else None
+    db_part = _empty((P, N), sdt, dev) if has_b else None
     BLOCK_N, ONE_BLOCK = _block_n(N, x2d.dtype, max_block_n)
     _launch(_layer_norm_bwd_kernel)[(P,)](
         dy2d, x2d, weight if has_w else x2d, mean, rstd, dx,
-        dw_part if has_w else rstd, db_part if has_b else rstd,  # dummies, never written
+        # unused pointer slots get dx (a fresh output), never an input, so that
+        # triton_op's mutation analysis cannot mistake an input for written
+        dw_part if has_w else dx, db_part if has_b else dx,
         dy2d.stride(0), x2d.stride(0), dx.stride(0), M, N, rows_per_program,
         HAS_WEIGHT=has_w, HAS_BIAS=has_b,
         BLOCK_N=BLOCK_N, ONE_BLOCK=ONE_BLOCK, num_warps=_num_warps(BLOCK_N),
@@ -481,12 +497,12 @@ def rms_norm_fwd(x2d, weight, eps, *, max_block_n=None):
     """y, rstd of RMSNorm over the last dim of a contiguous (M, N) x."""
     M, N = x2d.shape
     dev = x2d.device
-    y = torch.empty((M, N), dtype=x2d.dtype, device=dev)
-    rstd = torch.empty((M,), dtype=_stats_dtype(x2d.dtype), device=dev)
+    y = _empty((M, N), x2d.dtype, dev)
+    rstd = _empty((M,), _stats_dtype(x2d.dtype), dev)
     if M == 0:
         return y, rstd
     if N == 0:  # torch reports rstd = nan here, we report 0
-        return y, rstd.zero_()
+        return y, torch.zeros_like(rstd)
     BLOCK_N, ONE_BLOCK = _block_n(N, x2d.dtype, max_block_n)
     _launch(_rms_norm_fwd_kernel)[(M,)](
         x2d, y, weight if weight is not None else x2d, rstd,
@@ -501,16 +517,16 @@ def rms_norm_bwd(dy2d, x2d, rstd, weight, *, max_block_n=None):
     """dx, dweight (None without weight)."""
     M, N = x2d.shape
     dev = x2d.device
-    dx = torch.empty((M, N), dtype=x2d.dtype, device=dev)
+    dx = _empty((M, N), x2d.dtype, dev)
     has_w = weight is not None
     if M == 0 or N == 0:
         return dx, (torch.zeros((N,), dtype=weight.dtype, device=dev) if has_w else None)
     P, rows_per_program = _num_programs(M, dev)
-    dw_part = torch.empty((P, N), dtype=_stats_dtype(x2d.dtype), device=dev) if has_w else None
+    dw_part = _empty((P, N), _stats_dtype(x2d.dtype), dev) if has_w else None
     BLOCK_N, ONE_BLOCK = _block_n(N, x2d.dtype, max_block_n)
     _launch(_rms_norm_bwd_kernel)[(P,)](
         dy2d, x2d, weight if has_w else x2d, rstd, dx,
-        dw_part if has_w else rstd,
+        dw_part if has_w else dx,  # unused slot: a fresh output, not an input
         dy2d.stride(0), x2d.stride(0), dx.stride(0), M, N, rows_per_program,
         HAS_WEIGHT=has_w,
         BLOCK_N=BLOCK_N, ONE_BLOCK=ONE_BLOCK, num_warps=_num_warps(BLOCK_N),

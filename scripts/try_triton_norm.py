@@ -6,7 +6,8 @@
 Every output and gradient is compared with a float64 torch reference; the
 kernel's error must be within a small factor of native torch's own error at the
 same dtype (the Liger / flash-attention criterion). Also: bitwise-deterministic
-backward, empty shapes, the chunked (wide-row) path, the interpreter canaries.
+backward, empty shapes, the chunked (wide-row) path, the interpreter canaries,
+NaN-poisoned outputs (when the package is built).
 """
 import os
 import sys
@@ -90,25 +91,34 @@ def check(M, N, dtype, rms, affine, worst, **kw):
 
 def main():
     t0 = time.time()
+    try:  # NaN-fill every kernel output first, so an unwritten element fails
+        from minitorch_ext import _poison
+        _poison.set_enabled(True)
+        print("outputs NaN-poisoned before each kernel")
+    except ImportError:
+        print("minitorch_ext not built: outputs not poisoned")
     for name, ok in K.interpreter_canaries(DEV):
         print(f"canary {'ok  ' if ok else 'FAIL'} {name}")
         assert ok, name
 
-    shapes = [(1, 1), (3, 1), (1, 97), (5, 131), (64, 300), (9, 33), (2, 2)]
+    shapes = [(1, 1), (3, 1), (2, 2), (1, 97), (5, 131), (9, 33)]
     worst = {}
     n = 0
     for rms in (False, True):
         for dtype in (torch.float32, torch.bfloat16, torch.float64, torch.float16):
             for affine in ((0, 1) if rms else (0, 1, 2)):
-                for M, N in shapes if dtype != torch.float16 else shapes[2:4]:
+                for M, N in shapes if dtype != torch.float16 else shapes[3:5]:
                     check(M, N, dtype, rms, affine, worst)
                     n += 1
                 # the chunked (wide-row) path, forced with a small block
                 check(7, 45, dtype, rms, affine, worst, max_block_n=16)
                 check(1, 131, dtype, rms, affine, worst, max_block_n=32)
                 n += 2
+            if dtype != torch.float16:  # the largest shape once per dtype (the interpreter is slow)
+                check(64, 300, dtype, rms, 1 if rms else 2, worst)
+                n += 1
         # a genuinely wide row: chunked without forcing
-        check(2, 65537, torch.float32, rms, 2 if not rms else 1, worst)
+        check(1, 65537, torch.float32, rms, 2 if not rms else 1, worst)
         # empty shapes
         for M, N in ((0, 5), (4, 0), (0, 0)):
             check(M, N, torch.float32, rms, 1 if rms else 2, worst)
