@@ -42,41 +42,64 @@ namespace {
 using at::vec::Vectorized;
 
 // ---- small vector helpers on acc_t rows (float or double) ------------------
+//
+// A row is walked as full vectors, then at most one masked tail vector. The
+// callbacks get (i, count): for full vectors count is a compile-time constant
+// (std::integral_constant), so the body has no per-load branch; for the tail
+// it is an int64_t and loads pad with zeros.
 
-// sum(f(i)) over a row with 4 independent vector accumulators (hides FMA latency,
-// and is pairwise-like, so the float32 rounding error stays small).
+template <typename C>
+inline constexpr bool is_tail_v = std::is_integral_v<C>;
+
+template <typename acc_t, typename C>
+inline Vectorized<acc_t> ldc(const acc_t* p, C count) {
+  if constexpr (is_tail_v<C>) return Vectorized<acc_t>::loadu(p, count);
+  else return Vectorized<acc_t>::loadu(p);
+}
+
+template <typename acc_t, typename C>
+inline void stc(const Vectorized<acc_t>& v, acc_t* p, C count) {
+  if constexpr (is_tail_v<C>) v.store(p, count); else v.store(p);
+}
+
+// f(i, count) for every vector of a row of n elements.
 template <typename acc_t, typename F>
-inline acc_t vsum(int64_t n, F f) {
+inline void for_vecs(int64_t n, F f) {
+  constexpr int64_t W = Vectorized<acc_t>::size();
+  int64_t i = 0;
+  for (; i + W <= n; i += W) f(i, std::integral_constant<int64_t, W>{});
+  if (i < n) f(i, n - i);
+}
+
+template <typename acc_t>
+inline acc_t hsum(const Vectorized<acc_t>& v) {
+  constexpr int64_t W = Vectorized<acc_t>::size();
+  acc_t buf[W];
+  v.store(buf);
+  acc_t s = 0;
+  for (int64_t k = 0; k < W; ++k) s += buf[k];
+  return s;
+}
+
+// sum of f(i, count) over a row (f must give 0 in lanes past count), with 4
+// independent accumulators: hides the add latency, and the pairwise-like
+// summation keeps the float32 rounding error small.
+template <typename acc_t, typename F>
+inline acc_t reduce_vecs(int64_t n, F f) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t W = Vec::size();
+  using Full = std::integral_constant<int64_t, W>;
   Vec a0(0), a1(0), a2(0), a3(0);
   int64_t i = 0;
   for (; i + 4 * W <= n; i += 4 * W) {
-    a0 += f(i);
-    a1 += f(i + W);
-    a2 += f(i + 2 * W);
-    a3 += f(i + 3 * W);
+    a0 += f(i, Full{});
+    a1 += f(i + W, Full{});
+    a2 += f(i + 2 * W, Full{});
+    a3 += f(i + 3 * W, Full{});
   }
-  for (; i + W <= n; i += W) a0 += f(i);
-  Vec s = (a0 + a1) + (a2 + a3);
-  acc_t buf[W];
-  s.store(buf);
-  acc_t total = 0;
-  for (int64_t k = 0; k < W; ++k) total += buf[k];
-  return total;
-}
-
-// A row's elements [i, i+count) as a vector, zero padded past count.
-template <typename acc_t>
-inline Vectorized<acc_t> ld(const acc_t* p, int64_t i, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  return (i + Vec::size() <= n) ? Vec::loadu(p + i) : Vec::loadu(p + i, n - i);
-}
-
-template <typename acc_t>
-inline void st(const Vectorized<acc_t>& v, acc_t* p, int64_t i, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  if (i + Vec::size() <= n) v.store(p + i); else v.store(p + i, n - i);
+  for (; i + W <= n; i += W) a0 += f(i, Full{});
+  if (i < n) a1 += f(i, n - i);
+  return hsum((a0 + a1) + (a2 + a3));
 }
 
 // Non-temporal ("streaming") store of a full vector to a 64-byte aligned address:
@@ -106,21 +129,6 @@ inline bool use_stream(const scalar_t* out, int64_t M, int64_t N) {
   constexpr int64_t W = Vectorized<acc_t>::size();
   return std::is_same_v<scalar_t, acc_t> && M * N * int64_t(sizeof(scalar_t)) >= (int64_t(8) << 20) &&
          N % W == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
-}
-
-// sum over a row, vectorized body + masked tail
-template <typename acc_t, typename F>
-inline acc_t row_sum(int64_t n, F f) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
-  const int64_t body = n - n % W;
-  acc_t s = vsum<acc_t>(body, f);
-  if (body < n) {
-    acc_t buf[W];
-    f(body).store(buf);  // f pads with zeros past n (ld does)
-    for (int64_t k = 0; k < n - body; ++k) s += buf[k];
-  }
-  return s;
 }
 
 // ---- per-thread scratch for reduced-precision rows --------------------------
@@ -187,27 +195,24 @@ void norm_fwd_kernel(const at::Tensor& x, const std::optional<at::Tensor>& weigh
       const acc_t* xr = rows.in(X + r * N, rows.a, N);
       acc_t* yr = rows.out(Y + r * N, rows.b);
       acc_t mu = 0;
-      if constexpr (kCenter) mu = row_sum<acc_t>(N, [&](int64_t i) { return ld(xr, i, N); }) * inv_n;
+      if constexpr (kCenter) mu = reduce_vecs<acc_t>(N, [&](int64_t i, auto c) { return ldc(xr + i, c); }) * inv_n;
       const Vec vmu(mu);
-      const acc_t var = row_sum<acc_t>(N, [&](int64_t i) {
-        // zero-padded lanes past N must contribute 0, not mu^2
-        Vec d = ld(xr, i, N) - vmu;
-        if (i + W > N) d = Vec::set(Vec(0), d, N - i);
+      const acc_t var = reduce_vecs<acc_t>(N, [&](int64_t i, auto c) {
+        Vec d = ldc(xr + i, c) - vmu;
+        if constexpr (is_tail_v<decltype(c)>) d = Vec::set(Vec(0), d, c);  // padded lanes: 0, not mu^2
         return d * d;
       }) * inv_n;
       const acc_t rs = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
       const Vec vrs(rs);
-      auto yv = [&](int64_t i) {
-        Vec v = (ld(xr, i, N) - vmu) * vrs;
-        if (wp) v = v * ld(wp, i, N);
-        if (bp) v = v + ld(bp, i, N);
-        return v;
-      };
-      if (stream) {
-        for (int64_t i = 0; i < N; i += W) st_stream(yv(i), yr + i);
-      } else {
-        for (int64_t i = 0; i < N; i += W) st(yv(i), yr, i, N);
-      }
+      for_vecs<acc_t>(N, [&](int64_t i, auto c) {
+        Vec v = (ldc(xr + i, c) - vmu) * vrs;
+        if (wp) v = v * ldc(wp + i, c);
+        if (bp) v = v + ldc(bp + i, c);
+        if constexpr (!is_tail_v<decltype(c)>) {
+          if (stream) { st_stream(v, yr + i); return; }
+        }
+        stc(v, yr + i, c);
+      });
       rows.flush(rows.b, Y + r * N, N);
       if constexpr (kCenter) MEAN[r] = mu;
       RSTD[r] = rs;
@@ -261,41 +266,31 @@ void norm_bwd_kernel(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
         const Vec vrs(RSTD[r]);
         // pass 1: the two row sums, and the dweight/dbias partials
         Vec s1(0), s2(0);
-        for (int64_t i = 0; i < N; i += W) {
-          const Vec xhat = (ld(xr, i, N) - vmu) * vrs;
-          const Vec d = ld(dyr, i, N);  // zero past N, so every product is 0 there
-          const Vec g = wp ? d * ld(wp, i, N) : d;
+        for_vecs<acc_t>(N, [&](int64_t i, auto c) {
+          const Vec xhat = (ldc(xr + i, c) - vmu) * vrs;
+          const Vec d = ldc(dyr + i, c);  // zero past the row, so every product is 0 there
+          const Vec g = wp ? d * ldc(wp + i, c) : d;
           s1 = at::vec::fmadd(g, xhat, s1);
           if constexpr (kCenter) s2 += g;
-          if (pw) st(at::vec::fmadd(d, xhat, ld(pdw, i, N)), pdw, i, N);
-          if (pb) st(d + ld(pdb, i, N), pdb, i, N);
-        }
-        acc_t buf[W];
-        s1.store(buf);
-        acc_t c1 = 0;
-        for (int64_t k = 0; k < W; ++k) c1 += buf[k];
-        c1 *= inv_n;
-        acc_t c2 = 0;
-        if constexpr (kCenter) {
-          s2.store(buf);
-          for (int64_t k = 0; k < W; ++k) c2 += buf[k];
-          c2 *= inv_n;
-        }
+          if (pw) stc(at::vec::fmadd(d, xhat, ldc(pdw + i, c)), pdw + i, c);
+          if (pb) stc(d + ldc(pdb + i, c), pdb + i, c);
+        });
+        const acc_t c1 = hsum(s1) * inv_n;
+        const acc_t c2 = kCenter ? hsum(s2) * inv_n : acc_t(0);
         // pass 2 (from cache): dx = rstd * (g - xhat*c1 - c2)
         const Vec vc1(c1), vc2(c2);
-        auto dxv = [&](int64_t i) {
-          const Vec xhat = (ld(xr, i, N) - vmu) * vrs;
-          const Vec d = ld(dyr, i, N);
-          const Vec g = wp ? d * ld(wp, i, N) : d;
+        for_vecs<acc_t>(N, [&](int64_t i, auto c) {
+          const Vec xhat = (ldc(xr + i, c) - vmu) * vrs;
+          const Vec d = ldc(dyr + i, c);
+          const Vec g = wp ? d * ldc(wp + i, c) : d;
           Vec v = g - xhat * vc1;
           if constexpr (kCenter) v = v - vc2;
-          return v * vrs;
-        };
-        if (stream) {
-          for (int64_t i = 0; i < N; i += W) st_stream(dxv(i), dxr + i);
-        } else {
-          for (int64_t i = 0; i < N; i += W) st(dxv(i), dxr, i, N);
-        }
+          v = v * vrs;
+          if constexpr (!is_tail_v<decltype(c)>) {
+            if (stream) { st_stream(v, dxr + i); return; }
+          }
+          stc(v, dxr + i, c);
+        });
         rows.flush(rows.c, DX + r * N, N);
       }
     }
