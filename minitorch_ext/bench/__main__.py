@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run without THP_MEM_ALLOC_ENABLE=1 (sets it to 0)")
     p.add_argument("--self-test", action="store_true",
                    help="time native torch against itself as 'ours' (backend 'self'): checks the "
-                        "harness (speedups should be ~1.00x) and runs without the extension built")
+                        "harness (speedups should be ~1.00x) without calling any minitorch_ext kernel")
     p.add_argument("--list", action="store_true", help="list the families and exit")
     return p
 

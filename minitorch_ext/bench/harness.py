@@ -96,12 +96,19 @@ class Context:
     self_test: --self-test: build ``ours`` from native torch instead of minitorch_ext
                (so the harness runs, and can be checked, without the extension)
     llc_bytes: size of the CPU's last-level cache
+    filter:    the --filter pattern; ``wants(key)`` lets a family skip building inputs
+               for cases that would be filtered out anyway (the harness filters too)
     """
 
     device: torch.device
     quick: bool = False
     self_test: bool = False
     llc_bytes: int = 32 << 20
+    filter: Optional[re.Pattern] = None
+
+    def wants(self, *keys: str) -> bool:
+        """True when any of the case keys ("8192x1024 float32 fwd") passes --filter."""
+        return self.filter is None or any(self.filter.search(k) for k in keys)
 
     def input_sets(self, bytes_read: int) -> int:
         """How many identical input sets to rotate through so that a call does not find
@@ -140,7 +147,27 @@ def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return torch.linalg.vector_norm(a - b).item() / (den if den > 0 else 1.0)
 
 
+def compare_to_reference(ours: dict, native: dict, ref: dict, *, floor: float, factor: float = 2.0) -> Optional[str]:
+    """For ``Case.check``: each output of ours (name -> tensor) must have native's shape and dtype,
+    and a relative error against the reference (float64 math) at most ``factor`` times native's own
+    error, or ``floor``. None when all agree, else what differs. Native torch is not the reference:
+    its bf16 LayerNorm weight grads, for one, are off by ~7% on CPU."""
+    bad = []
+    for k, r in ref.items():
+        a, n = ours.get(k), native[k]
+        if a is None or a.shape != n.shape or a.dtype != n.dtype:
+            got = None if a is None else (tuple(a.shape), a.dtype)
+            bad.append(f"{k}: got {got}, native gives {(tuple(n.shape), n.dtype)}")
+            continue
+        err, nerr = rel_error(a, r), rel_error(n, r)
+        if not err <= max(factor * nerr, floor):  # `not <=` also catches NaN
+            bad.append(f"{k}: relative error {err:.2e} against the reference (native: {nerr:.2e})")
+    return "; ".join(bad) or None
+
+
 # ----------------------------------------------------------------------------- timing
+
+NOISY = 0.25  # a row whose interquartile range exceeds this fraction of its median is flagged
 
 
 class _Clock:
@@ -436,8 +463,9 @@ def bench_case(family: str, case: Case, backends: list[str], clock: _Clock, sett
             with _backend_ctx(backend):
                 if case.check is not None:
                     msg = case.check()
+                    base["check"] = "failed: " + msg if msg else "ok"
                     if msg:
-                        notes.append(f"CHECK FAILED {family} {case.key} [{backend}]: {msg}")
+                        notes.append(f"CHECK FAILED (marked '!') {family} {case.key} [{backend}]: {msg}")
                         env["failures"] += 1
                 # the check has run every side once already: one warm-up call fewer
                 warm = dict(settings, warmup=max(0, settings["warmup"] - (case.check is not None)))
@@ -457,7 +485,11 @@ def bench_case(family: str, case: Case, backends: list[str], clock: _Clock, sett
             nat_s, nat_iqr = _median_iqr(smp)
             row = {**base, "native": label, "ours_ms": ours_s * 1e3, "native_ms": nat_s * 1e3,
                    "speedup": nat_s / ours_s, "ours_iqr_ms": ours_iqr * 1e3, "native_iqr_ms": nat_iqr * 1e3,
-                   "rounds": len(smp)}
+                   "ours_min_ms": min(samples[0]) * 1e3, "native_min_ms": min(smp) * 1e3, "rounds": len(smp)}
+            noisy = max(ours_iqr / ours_s, nat_iqr / nat_s) > NOISY
+            if noisy:
+                env["noisy"] += 1
+            row["flags"] = ("!" if base.get("check", "ok") != "ok" else "") + ("~" if noisy else "")
             if case.bytes:
                 row["bytes"] = case.bytes
                 row["ours_gbps"] = case.bytes / ours_s / 1e9
@@ -494,6 +526,7 @@ _COLUMNS = [  # (title, key, formatter, right-aligned)
     ("ours ms", "ours_ms", _fmt_ms, True),
     ("native ms", "native_ms", _fmt_ms, True),
     ("speedup", "speedup", lambda v: "-" if v is None else f"{v:.2f}x", True),
+    ("", "flags", lambda v: v or "", True),
     ("GB/s", "ours_gbps", lambda v: "-" if v is None else f"{v:.1f}", True),
     ("% copy", "pct_copy", lambda v: "-" if v is None else f"{v:.0f}%", True),
     ("GFLOP/s", "ours_gflops", lambda v: "-" if v is None else f"{v:.1f}", True),
@@ -504,8 +537,8 @@ _COLUMNS = [  # (title, key, formatter, right-aligned)
 def format_table(rows: list[dict]) -> str:
     """A Markdown pipe table (reads as plain text, renders in a results .md)."""
     cols = [c for c in _COLUMNS
-            if c[1] not in ("ours_gbps", "pct_copy", "ours_gflops", "pct_matmul")
-            or any(r.get(c[1]) is not None for r in rows)]
+            if c[1] not in ("flags", "ours_gbps", "pct_copy", "ours_gflops", "pct_matmul")
+            or any(r.get(c[1]) for r in rows)]
     cells = [[c[0] for c in cols]] + [[c[2](r.get(c[1])) if c[3] else str(r.get(c[1]) or "") for c in cols]
                                       for r in rows]
     widths = [max(len(line[j]) for line in cells) for j in range(len(cols))]
@@ -530,13 +563,15 @@ def format_header(env: dict, families: list[str], settings: dict) -> str:
             thp_line += "  WARNING: requested but NOT in effect"
     else:
         thp_line = f"off (--no-thp; THP_MEM_ALLOC_ENABLE={thp['env']}; {seen}; system mode '{thp['system_mode']}')"
+    threads = f"{env['threads']} (torch.get_num_threads())"
+    if env.get("loadavg"):
+        threads += f"; load average at start {env['loadavg']}"
     lines = [
-        f"minitorch_ext bench: {', '.join(families)} on {dev}",
         f"machine:  {env['cpu']}, {env['cores']} cores ({env['usable_cores']} usable), "
         f"last-level cache {env['llc_bytes'] >> 20} MiB" + (f"; GPU {env['gpu']}" if env.get("gpu") else ""),
         f"software: torch {env['torch']}, python {env['python']}, minitorch_ext git {env['git']}"
         + (f", triton {env['triton']}" if env.get("triton") else ""),
-        f"threads:  {env['threads']} (torch.get_num_threads())",
+        f"threads:  {threads}",
         f"THP:      {thp_line}",
     ]
     if env.get("alloc"):
@@ -548,10 +583,11 @@ def format_header(env: dict, families: list[str], settings: dict) -> str:
     timer = ("CUDA events per call, L2 flushed before each" if dev == "cuda" else "time.perf_counter per call, gc off")
     lines.append(f"method:   ours and native interleaved (alternating order) on the same inputs, median of "
                  f"{settings['min_rounds']}-{settings['max_rounds']} rounds filling {settings['budget']:g} s "
-                 f"per case; {timer}")
-    lines.append("columns:  speedup = native ms / ours ms; GB/s = bytes that must move / ours ms "
-                 "(fwd: x, weights read + y written; bwd adds dy, x, weights read + dx, weight grads written); "
-                 "% copy = of the copy bandwidth above")
+                 f"per case and backend; {timer}")
+    lines.append("columns:  speedup = native ms / ours ms; GB/s = bytes that must move (see each family) / ours ms; "
+                 "% copy = of the copy bandwidth above; '~' = noisy row (interquartile range over "
+                 f"{NOISY:.0%} of the median); '!' = ours disagreed with the reference (see notes)")
+    lines = [f"# minitorch_ext bench: {', '.join(families)} on {dev}", ""] + [f"- {x}" for x in lines]
     return "\n".join(lines)
 
 
@@ -566,8 +602,10 @@ def collect_env(device: torch.device, quick: bool) -> dict:
         "python": sys.version.split()[0],
         "git": git_sha(),
         "threads": torch.get_num_threads(),
+        "loadavg": _read("/proc/loadavg").split(" ")[0],
         "thp": thp_state(),
         "failures": 0,
+        "noisy": 0,
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -607,7 +645,8 @@ def run(args) -> int:
         print("\n".join(notes) or "no backend to time", file=sys.stderr)
         return 2
     settings = _settings(device, args.quick, args.budget)
-    ctx = Context(device=device, quick=args.quick, self_test=args.self_test, llc_bytes=llc_bytes())
+    ctx = Context(device=device, quick=args.quick, self_test=args.self_test, llc_bytes=llc_bytes(),
+                  filter=pattern)
     env = collect_env(device, args.quick)
     print(format_header(env, families, settings), flush=True)
 
@@ -622,11 +661,15 @@ def run(args) -> int:
             if pattern is not None and not pattern.search(case.key):
                 continue
             rows.extend(bench_case(fam, case, backends, clock, settings, env, notes))
-            del case
-        print(f"\n{fam}\n\n{format_table(rows) if rows else '(no cases)'}", flush=True)
+        doc = " ".join((getattr(get_family(fam), "__doc__", None) or "").split())
+        print(f"\n## {fam}\n\n" + (f"{doc}\n\n" if doc else "")
+              + (format_table(rows) if rows else "(no cases)"), flush=True)
         all_rows.extend({**r, **meta} for r in rows)
+    if env["noisy"]:
+        notes.append(f"{env['noisy']} of {len(all_rows)} rows had an interquartile range over {NOISY:.0%} of "
+                     f"the median (marked '~'): the machine was busy; rerun those before trusting them")
     if notes:
-        print("\nnotes:\n" + "\n".join(f"- {n}" for n in notes))
+        print("\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_rows, f, indent=1)
@@ -643,4 +686,4 @@ def main(argv: Optional[list[str]] = None) -> int:
     return cli_main(argv)
 
 
-__all__ = ["Case", "Context", "Rotation", "rel_error", "time_interleaved", "run", "main", "format_table"]
+__all__ = ["Case", "Context", "Rotation", "rel_error", "compare_to_reference", "time_interleaved", "run", "main", "format_table"]
