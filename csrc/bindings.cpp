@@ -40,4 +40,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_poison", [](bool on) { mte::poison_flag().store(on); },
         "Testing aid: fill every new floating-point kernel output with NaN before the kernel writes it");
   m.def("get_poison", []() { return mte::poison_flag().load(); });
+  m.def("empty_cache", &mte::cpu_cache_release, "Release the CPU output cache; returns the bytes freed");
+  m.def("cache_stats", &mte::cpu_cache_stats, "(bytes cached, hits, misses) of the CPU output cache");
 }

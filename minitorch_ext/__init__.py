@@ -17,12 +17,28 @@ from . import optim  # noqa: F401
 
 __version__ = "0.1.0"
 
-__all__ = ["nn", "ops", "optim", "use_backend", "available_backends", "current_backend", "build_info"]
+__all__ = ["nn", "ops", "optim", "use_backend", "available_backends", "current_backend", "build_info",
+           "empty_cache", "cache_stats"]
 
 
 def build_info() -> dict:
     """What this build compiled: CPU ISA, CUDA and its archs, torch version built against."""
     return _C.build_info()
+
+
+def empty_cache() -> int:
+    """Release the free blocks the CPU output cache holds (like torch.cuda.empty_cache); returns bytes freed.
+
+    Our CPU kernels draw outputs of >= 1 MiB from a cache of freed blocks whose pages are
+    already mapped, saving the page faults a fresh large tensor costs.
+    MINITORCH_EXT_CPU_CACHE_MB (default 1024, 0 = off) bounds what it keeps."""
+    return _C.empty_cache()
+
+
+def cache_stats() -> dict:
+    """{'cached_bytes', 'hits', 'misses'} of the CPU output cache."""
+    b, h, m = _C.cache_stats()
+    return {"cached_bytes": b, "hits": h, "misses": m}
 
 
 _backend._init_from_env()

@@ -93,3 +93,31 @@ def test_model_trains_like_native(norm):
         losses[name] = hist
     assert losses["ours"][-1] < 0.7 * losses["ours"][0]
     torch.testing.assert_close(torch.tensor(losses["ours"]), torch.tensor(losses["native"]), rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_output_cache_reuses_blocks_without_aliasing():
+    x = torch.randn(1024, 512)  # 2 MiB outputs: cached
+    f = mte.nn.functional.layer_norm
+    ref = torch.nn.functional.layer_norm(x, (512,))
+    before = mte.cache_stats()
+    y1 = f(x, (512,))
+    y2 = f(x * 2, (512,))       # y1 still alive: must get its own block
+    assert y1.data_ptr() != y2.data_ptr()
+    torch.testing.assert_close(y1, ref)
+    del y1, y2
+    y3 = f(x, (512,))           # a freed block comes back
+    after = mte.cache_stats()
+    assert after["hits"] > before["hits"]
+    torch.testing.assert_close(y3, ref)
+    assert mte.empty_cache() >= 0
+    assert mte.cache_stats()["cached_bytes"] == 0
+
+
+def test_cpu_output_cache_can_be_turned_off():
+    code = ("import torch, minitorch_ext as m\n"
+            "x = torch.randn(1024, 512)\n"
+            "for _ in range(3): m.nn.functional.layer_norm(x, (512,))\n"
+            "print(m.cache_stats())\n")
+    env = dict(os.environ, MINITORCH_EXT_CPU_CACHE_MB="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "'hits': 0" in out.stdout and "'cached_bytes': 0" in out.stdout, out.stdout + out.stderr

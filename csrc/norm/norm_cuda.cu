@@ -5,9 +5,9 @@
 // accumulated in that type, rounded to the input dtype once at the end.
 //
 // Shapes. A "row group" of tx threads (a power of two, about 8 elements per
-// thread, 1..1024) owns one row at a time; a block holds ty = 256/tx row
+// thread, 1..512) owns one row at a time; a block holds ty = 256/tx row
 // groups when rows are short (so one warp may serve 32/tx rows) and a single
-// row group of up to 1024 threads when they are long. A row is walked in
+// row group of up to 512 threads when they are long. A row is walked in
 // 16-byte chunks (8 halves, 4 floats, 2 doubles) when it is 16-byte aligned,
 // element by element otherwise; thread x of a group always owns chunks
 // x, x+tx, x+2tx, ... of its row, in every pass and on every row.
@@ -38,13 +38,13 @@
 // fixed 16-way sum) reduces that buffer column by column and casts to the
 // weight dtype. Bitwise reproducible from run to run on a given GPU.
 // Traffic: x and dy read once, dx written once, plus blocks*N partials
-// (blocks is about 2-16x the SM count, small next to M).
+// (blocks = 1-8 per SM, small next to M).
 //
 // What makes it fast: each element crosses HBM once per direction (the row
 // is kept on chip between passes), 16-byte vector accesses, a persistent grid
 // so dw/db partials cost blocks*N and not M*N, and an accumulator layout
 // [slot j][chunk c] that keeps a warp's shared-memory accesses on 32 distinct
-// banks. When a row (or the accumulators) would not leave room for two blocks
+// banks (for rows of a warp or more). When a row (or the accumulators) would not leave room for two blocks
 // per SM, the kernel re-reads the row from global memory (L2) instead, or
 // accumulates directly in its partial row: the same code, a runtime switch.
 // Build size: one kernel per direction with a bool for LayerNorm/RMSNorm,
@@ -77,7 +77,10 @@ using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 constexpr int kElemsPerThread = 8;    // target row elements per thread
 constexpr int kBlockThreads = 256;    // block size when several rows share a block
-constexpr int kMaxRowThreads = 1024;  // threads on one row, at most
+// Threads on one row, at most. Kernels are built for two such blocks per SM
+// (__launch_bounds__ caps them at 64 registers), so one block's barrier
+// waits overlap the other's memory traffic.
+constexpr int kMaxRowThreads = 512;
 constexpr int kSumValues = 2;         // the most values row_sum reduces at once
 // Cross-warp scratch for row_sum: one slot per warp of the block and value.
 constexpr size_t kScratchBytes = (kMaxRowThreads / 32) * kSumValues * sizeof(double);
@@ -155,10 +158,10 @@ __device__ __forceinline__ void row_sum(A (&v)[K], A* scratch) {
 // mean_out are null). w and b may be null (no affine). Dynamic shared memory:
 // kScratchBytes, then blockDim.y rows of N elements when cache_row.
 template <typename T, bool kRMS>
-__global__ void norm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                                T* __restrict__ y, acc_type<T>* __restrict__ mean_out,
-                                acc_type<T>* __restrict__ rstd_out, int64_t M, int64_t N, acc_type<T> eps,
-                                bool cache_row, bool vec) {
+__global__ void __launch_bounds__(kMaxRowThreads, 2)
+    norm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
+                    acc_type<T>* __restrict__ mean_out, acc_type<T>* __restrict__ rstd_out, int64_t M, int64_t N,
+                    acc_type<T> eps, bool cache_row, bool vec) {
   using A = acc_type<T>;
   constexpr int kN = Chunk<T>::kN;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -271,11 +274,11 @@ __host__ __device__ inline BwdSmem bwd_smem_layout(int ty, int64_t N, size_t t_b
 // null. When !acc_in_smem the block has one row group (blockDim.y == 1) and
 // accumulates straight into its partial row.
 template <typename T, bool kRMS>
-__global__ void norm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                const acc_type<T>* __restrict__ mean, const acc_type<T>* __restrict__ rstd,
-                                const T* __restrict__ w, T* __restrict__ dx, acc_type<T>* __restrict__ dw_part,
-                                acc_type<T>* __restrict__ db_part, int64_t M, int64_t N, bool cache_rows,
-                                bool acc_in_smem, bool vec) {
+__global__ void __launch_bounds__(kMaxRowThreads, 2)
+    norm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x, const acc_type<T>* __restrict__ mean,
+                    const acc_type<T>* __restrict__ rstd, const T* __restrict__ w, T* __restrict__ dx,
+                    acc_type<T>* __restrict__ dw_part, acc_type<T>* __restrict__ db_part, int64_t M, int64_t N,
+                    bool cache_rows, bool acc_in_smem, bool vec) {
   using A = acc_type<T>;
   constexpr int kN = Chunk<T>::kN;
   const bool has_dw = dw_part != nullptr;
@@ -432,14 +435,15 @@ bool can_vectorize(int64_t N, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-// Shared memory a block may take and still leave room for a second block on
-// its SM (a block waiting at a barrier then does not idle the SM).
+// An attribute of the current device (the driver caches these: cheap).
 int device_attribute(cudaDeviceAttr attr) {
   int value = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, c10::cuda::current_device()));
   return value;
 }
 
+// Shared memory a block may take and still leave room for a second block on
+// its SM (a block waiting at a barrier then does not idle the SM).
 size_t smem_budget() {
   const size_t per_block = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   const size_t half_sm = device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor) / 2;

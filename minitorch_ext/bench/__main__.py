@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as a JSON list")
     p.add_argument("--no-thp", action="store_true",
                    help="run without THP_MEM_ALLOC_ENABLE=1 (sets it to 0)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="ours allocate CPU outputs with torch's allocator too, not minitorch_ext's caching "
+                        "allocator (sets MINITORCH_EXT_CPU_CACHE_MB=0)")
     p.add_argument("--self-test", action="store_true",
                    help="time native torch against itself as 'ours' (backend 'self'): checks the "
                         "harness (speedups should be ~1.00x) without calling any minitorch_ext kernel")
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         # torch not loaded yet (or called as a function): setting it now is early
         # enough or, if torch's allocator already started, the header will say THP is off.
         os.environ["THP_MEM_ALLOC_ENABLE"] = want
+
+    if args.no_cache:  # read by the C++ cache at its first allocation, which comes later
+        os.environ["MINITORCH_EXT_CPU_CACHE_MB"] = "0"
 
     from .harness import run
 

@@ -578,6 +578,13 @@ def format_header(env: dict, families: list[str], settings: dict) -> str:
         a = env["alloc"]
         lines.append(f"alloc:    x*2 on 8192x1024 float32: {a['fresh_ms']:.2f} ms into a fresh output, "
                      f"{a['into_ms']:.2f} ms into an existing one")
+    if dev == "cpu":
+        mb = os.environ.get("MINITORCH_EXT_CPU_CACHE_MB", "1024")
+        lines.append("outputs:  " + (
+            f"ours draw large CPU outputs from minitorch_ext's caching allocator (up to {mb} MiB of freed "
+            "blocks kept, pages already mapped, as torch's CUDA allocator does); native torch's CPU allocator "
+            "maps fresh pages each call. --no-cache gives ours torch's allocator too"
+            if mb != "0" else "ours and native both allocate through torch's CPU allocator (--no-cache)"))
     lines.append(f"ceilings: copy {env['copy']['gbps']:.1f} GB/s (read+write, {env['copy']['mib']} MiB copied "
                  f"into a preallocated tensor); matmul {env['matmul']['what']} {env['matmul']['gflops']:.0f} GFLOP/s")
     timer = ("CUDA events per call, L2 flushed before each" if dev == "cuda" else "time.perf_counter per call, gc off")
