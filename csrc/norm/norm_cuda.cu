@@ -67,6 +67,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "common/alloc.h"
 #include "common/checks.h"
 
 namespace {
@@ -498,9 +499,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_fwd(const at::Tensor& input,
   c10::cuda::CUDAGuard guard(input.device());
 
   const auto stat_opts = input.options().dtype(mte::stat_dtype(input.scalar_type()));
-  at::Tensor out = at::empty(input.sizes(), input.options());
-  at::Tensor mean = kRMS ? at::Tensor() : at::empty({M}, stat_opts);
-  at::Tensor rstd = at::empty({M}, stat_opts);
+  at::Tensor out = mte::new_output(input.sizes(), input.options());
+  at::Tensor mean = kRMS ? at::Tensor() : mte::new_output({M}, stat_opts);
+  at::Tensor rstd = mte::new_output({M}, stat_opts);
   if (M == 0 || N == 0) return {out, mean, rstd};
 
   const at::Tensor x = input.contiguous();
@@ -534,7 +535,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_fwd(const at::Tensor& input,
 // Allocates a gradient like `param` (the fake kernel's empty_like), zeroed
 // when there are no rows to sum over.
 at::Tensor param_grad(const at::Tensor& param, int64_t M) {
-  return M == 0 ? at::zeros_like(param) : at::empty_like(param);
+  return M == 0 ? at::zeros_like(param) : mte::new_output(param.sizes(), param.options());
 }
 
 // Shared by layer_norm_bwd and rms_norm_bwd; `mean` and `bias` are unused for
@@ -563,7 +564,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(const at::Tensor& grad_o
 
   const bool has_dw = present(weight);
   const bool has_db = !kRMS && present(bias);
-  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  at::Tensor grad_input = mte::new_output(input.sizes(), input.options());
   at::Tensor grad_weight = has_dw ? param_grad(*weight, M) : at::empty({0}, input.options());
   at::Tensor grad_bias = has_db ? param_grad(*bias, M) : at::empty({0}, input.options());
   if (M == 0 || N == 0) return {grad_input, grad_weight, grad_bias};
