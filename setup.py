@@ -79,7 +79,7 @@ def main():
     isa = cpu_isa()
     cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cu_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"] + ISA_FLAGS.get(isa, [])
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno"] + ISA_FLAGS.get(isa, [])
     cxx.append(f"-DMINITORCH_EXT_CPU_ISA=\"{isa}\"")
     define_macros = []
     link = ["-fopenmp"]
@@ -99,7 +99,7 @@ def main():
             define_macros=define_macros,
             extra_compile_args={
                 "cxx": cxx,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+                "nvcc": ["-O3", "--use_fast_math", "-lineinfo",
                          "-DMINITORCH_EXT_WITH_CUDA"],
             },
             extra_link_args=link,

@@ -1,0 +1,1 @@
+"""Benchmark harness (placeholder in branch optim; the harness is written on main)."""
