@@ -225,16 +225,15 @@ void sgd_segment(scalar_t* p, scalar_t* g, scalar_t* buf, int64_t n, const SgdCo
   using V = typename IO::V;
   constexpr int K = IO::kParts;
   const V vscale(c.grad_scale), vwd(c.wd), vmom(c.momentum), vdamp(c.one_minus_damp), vneglr(c.neg_lr);
-  for (int64_t i = 0; i < n; i += IO::kBlock) {
-    const int64_t len = std::min<int64_t>(IO::kBlock, n - i);
+  auto body = [&](int64_t i, int64_t len) __attribute__((always_inline)) {
     V P[K], G[K], B[K];
     IO::load(p + i, P, len);
     IO::load(g + i, G, len);
     if (c.has_momentum && !c.first) IO::load(buf + i, B, len);
-    for (int k = 0; k < K; ++k) {
-      if (c.has_scale) G[k] = G[k] / vscale;
+    if (c.has_scale) {
+      for (int k = 0; k < K; ++k) G[k] = G[k] / vscale;
+      IO::store(g + i, G, len);
     }
-    if (c.has_scale) IO::store(g + i, G, len);
     for (int k = 0; k < K; ++k) {
       V gk = G[k];
       if (c.maximize) gk = gk.neg();
@@ -251,7 +250,16 @@ void sgd_segment(scalar_t* p, scalar_t* g, scalar_t* buf, int64_t n, const SgdCo
     }
     if (c.has_momentum) IO::store(buf + i, B, len);
     IO::store(p + i, P, len);
+  };
+  constexpr int64_t kB = IO::kBlock;
+  int64_t i = 0;
+  for (; i + 4 * kB <= n; i += 4 * kB) {  // unrolled: four blocks in flight
+    body(i, kB);
+    body(i + kB, kB);
+    body(i + 2 * kB, kB);
+    body(i + 3 * kB, kB);
   }
+  for (; i < n; i += kB) body(i, std::min<int64_t>(kB, n - i));
 }
 
 void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
@@ -328,8 +336,7 @@ void adam_segment(scalar_t* p, scalar_t* g, scalar_t* m, scalar_t* v, scalar_t* 
   constexpr int K = IO::kParts;
   const V vscale(c.grad_scale), vwd(c.wd), vw(c.w), vwm1(c.w_minus_1), vb2(c.beta2), vc2(c.one_minus_beta2),
       veps(c.eps), vstep(tc.neg_step_size), vbc2(tc.bc2_sqrt), vdecay(tc.decay);
-  for (int64_t i = 0; i < n; i += IO::kBlock) {
-    const int64_t len = std::min<int64_t>(IO::kBlock, n - i);
+  auto body = [&](int64_t i, int64_t len) __attribute__((always_inline)) {
     V P[K], G[K], M[K], S[K], X[K];
     IO::load(p + i, P, len);
     IO::load(g + i, G, len);
@@ -363,7 +370,16 @@ void adam_segment(scalar_t* p, scalar_t* g, scalar_t* m, scalar_t* v, scalar_t* 
     IO::store(m + i, M, len);
     IO::store(v + i, S, len);
     if constexpr (kAmsgrad) IO::store(vmax + i, X, len);
+  };
+  constexpr int64_t kB = IO::kBlock;
+  int64_t i = 0;
+  for (; i + 4 * kB <= n; i += 4 * kB) {  // unrolled: four blocks in flight
+    body(i, kB);
+    body(i + kB, kB);
+    body(i + 2 * kB, kB);
+    body(i + 3 * kB, kB);
   }
+  for (; i < n; i += kB) body(i, std::min<int64_t>(kB, n - i));
 }
 
 // Adds 1 to a step tensor and returns the new value (as Python would read it).
