@@ -69,9 +69,6 @@ class SGD(torch.optim.SGD):
                     buf = torch.empty_like(p, memory_format=torch.preserve_format)
                     first.append(len(bufs))
                 bufs.append(buf)
-            elif p not in state:
-                C.check_param("minitorch_ext.optim.SGD", p)
-                state[p]  # noqa: B018  (torch creates an empty state entry too)
         if not params:
             return
         lr, wd = group["lr"], group["weight_decay"]
@@ -80,21 +77,29 @@ class SGD(torch.optim.SGD):
                   nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]))
         # Parameters whose buffer is new take torch's first-step rule (buf = grad);
         # the rest the running update. Usually one of the two sets is empty.
-        first_set = set(first)
-        for bucket in C.buckets(params):
-            dev = params[bucket[0]].device
+        buckets = C.buckets(params)
+        if has_momentum and first and len(first) < len(params):
+            first_set = set(first)
+            split = []
+            for b in buckets:
+                split.append(([i for i in b if i not in first_set], False))
+                split.append(([i for i in b if i in first_set], True))
+        else:
+            split = [(b, bool(first)) for b in buckets]
+        whole = len(buckets) == 1 and len(split) == 1
+        for idx, is_first in split:
+            if not idx:
+                continue
+            dev = params[idx[0]].device
             C.ensure_backend(dev)
             lr_f, lr_t = C.lr_args(lr, dev)
-            gs, fi = C.on(grad_scale, dev), C.on(found_inf, dev)
-            if not has_momentum:
-                _op([params[i] for i in bucket], [grads[i] for i in bucket], [], lr=lr_f, is_first_step=False,
-                    lr_tensor=lr_t, grad_scale=gs, found_inf=fi, **kw)
-                continue
-            for is_first in (False, True):
-                idx = [i for i in bucket if (i in first_set) == is_first]
-                if idx:
-                    _op([params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx], lr=lr_f,
-                        is_first_step=is_first, lr_tensor=lr_t, grad_scale=gs, found_inf=fi, **kw)
+            if whole:
+                ps, gs, bs = params, grads, bufs
+            else:
+                ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
+                bs = [bufs[i] for i in idx] if has_momentum else []
+            _op(ps, gs, bs, lr=lr_f, is_first_step=is_first, lr_tensor=lr_t, grad_scale=C.on(grad_scale, dev),
+                found_inf=C.on(found_inf, dev), **kw)
         if first and not (found_inf is not None and bool(found_inf.item() != 0)):
             # A skipped step (inf found) leaves no buffer behind: the next real step is still the first.
             for j in first:
