@@ -34,6 +34,9 @@ class _FusedAdamStep:
         amsgrad = group["amsgrad"]
         params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], [], [], []
         state = self.state
+        # (bound appends: this loop is the step's Python cost for many small tensors)
+        add_p, add_g, add_m, add_v, add_x, add_s = (params.append, grads.append, exp_avgs.append,
+                                                    exp_avg_sqs.append, max_sqs.append, steps.append)
         for p in group["params"]:
             g = p.grad
             if g is None:
@@ -42,7 +45,7 @@ class _FusedAdamStep:
                 raise RuntimeError(f"{self._name} does not support sparse gradients, please consider "
                                    "SparseAdam instead")
             st = state[p]
-            if len(st) == 0:
+            if not st:
                 C.check_param(f"minitorch_ext.optim.{self._name}", p)
                 # `step` as torch's fused optimizers keep it: float32, beside the param.
                 st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
@@ -50,13 +53,13 @@ class _FusedAdamStep:
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if amsgrad:
                     st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(g)
-            exp_avgs.append(st["exp_avg"])
-            exp_avg_sqs.append(st["exp_avg_sq"])
+            add_p(p)
+            add_g(g)
+            add_m(st["exp_avg"])
+            add_v(st["exp_avg_sq"])
             if amsgrad:
-                max_sqs.append(st["max_exp_avg_sq"])
-            steps.append(st["step"])
+                add_x(st["max_exp_avg_sq"])
+            add_s(st["step"])
         if not params:
             return
         beta1, beta2 = group["betas"]
