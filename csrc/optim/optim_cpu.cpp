@@ -431,12 +431,19 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
 
   // Per-tensor scalars, in double as Python computes them (float32 for a
   // float32 tensor lr, as torch's tensor arithmetic does).
+  // (The tensors of a group almost always share their step count: the pow()s
+  // are computed once per distinct count in a row.)
   std::vector<double> neg_step(n), bc2_sqrt(n), decay(n);
+  double last_step = -1.0, bc1 = 0.0, bc2 = 0.0, bc2s = 0.0;
   for (size_t i = 0; i < n; ++i) {
     const double step = increment_step(state_steps[i]);
-    const double bc1 = 1.0 - std::pow(beta1, step);
-    const double bc2 = 1.0 - std::pow(beta2, step);
-    bc2_sqrt[i] = std::pow(bc2, 0.5);
+    if (step != last_step) {
+      bc1 = 1.0 - std::pow(beta1, step);
+      bc2 = 1.0 - std::pow(beta2, step);
+      bc2s = std::pow(bc2, 0.5);
+      last_step = step;
+    }
+    bc2_sqrt[i] = bc2s;
     if (lr_f32) {
       const float lr_t = static_cast<float>(lr_v);
       neg_step[i] = static_cast<double>(-(lr_t / static_cast<float>(bc1)));
