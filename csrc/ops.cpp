@@ -25,11 +25,20 @@ TORCH_LIBRARY(minitorch_ext, m) {
 
   // ---- optim family: fused multi-tensor optimizer steps (in place) ---------
   // One call updates a whole parameter group. state_steps are float32 scalar
-  // tensors (torch keeps `step` so); each step kernel first adds 1 to them.
-  // grad_scale (GradScaler's scale): grads are unscaled in place before use.
+  // tensors (torch keeps `step` so; float64 is accepted too, as torch keeps it
+  // under a float64 default dtype); each step kernel first adds 1 to them.
+  // grad_scale (GradScaler's scale): grads are unscaled in place before use
+  // (grad / scale, written back), and only then.
   // found_inf: when it holds a non-zero value the call changes nothing at all
   // (no parameter, state or step update), as torch's fused optimizers do.
-  // lr_tensor, when given, replaces lr (torch's tensor-lr overload).
+  // lr_tensor, when given, replaces lr (torch's tensor-lr overload); with a
+  // float32 lr_tensor the scalar math (lr/bc1, 1-lr*wd) is float32, as torch's
+  // tensor arithmetic does it.
+  // momentum_buffers is empty when momentum == 0, max_exp_avg_sqs when
+  // !amsgrad. Every per-parameter tensor has its param's dtype, shape and
+  // strides. Float32/64 follow torch's default (single-tensor) op order,
+  // FMAs included (see csrc/optim/optim_cpu.cpp); bfloat16 follows torch's
+  // fused kernel (float32 math, one rounding per stored value).
   m.def("sgd_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, *, "
         "float lr, float momentum, float dampening, float weight_decay, bool nesterov, "
         "bool maximize, bool is_first_step, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
@@ -39,9 +48,12 @@ TORCH_LIBRARY(minitorch_ext, m) {
         "float lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
         "bool maximize, bool decoupled_weight_decay, Tensor? lr_tensor=None, "
         "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
-  // Gradient clipping: the global norm of a list of tensors (float32 scalar
-  // tensor; norm_type 2.0 or inf), and an in-place multiply of every tensor by
-  // a scalar tensor (the clip coefficient, applied only where it is < 1).
+  // Gradient clipping: the global norm of a list of tensors (a 0-dim tensor,
+  // float64 when any input is float64, else float32; norm_type 2.0, 1.0 or
+  // inf, anything else a ValueError), and an in-place multiply of every tensor
+  // by the clip coefficient computed from it as torch does:
+  // coef = min(reciprocal(total_norm + 1e-6) * max_norm, 1) in total_norm's
+  // dtype (NaN stays NaN), skipped when coef == 1.
   m.def("total_norm(Tensor[] tensors, float norm_type) -> Tensor");
   m.def("clip_scale_(Tensor(a!)[] tensors, Tensor total_norm, float max_norm) -> ()");
 }

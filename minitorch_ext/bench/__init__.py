@@ -23,6 +23,7 @@ from typing import Callable
 FAMILIES: dict[str, str | Callable] = {
     "layernorm": "minitorch_ext.bench.norm:layernorm",
     "rmsnorm": "minitorch_ext.bench.norm:rmsnorm",
+    "optim": "minitorch_ext.bench.optim:optim",
 }
 
 

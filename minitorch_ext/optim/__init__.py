@@ -1,1 +1,17 @@
-"""Drop-in optimizers on fused multi-tensor step kernels (see issue: optimizer steps)."""
+"""Drop-in optimizers on fused multi-tensor step kernels.
+
+    opt = minitorch_ext.optim.AdamW(model.parameters(), lr=1e-3)   # == torch.optim.AdamW
+
+SGD, Adam and AdamW subclass torch's own classes (so isinstance checks, LR
+schedulers, GradScaler and state_dicts work unchanged) and replace only
+step(): one fused kernel call per param group and device.
+"""
+from .adam import Adam, AdamW
+from .sgd import SGD
+
+__all__ = ["SGD", "Adam", "AdamW"]
+
+# minitorch_ext.nn.utils (clip_grad_norm_) belongs to this family; importing it
+# here makes `mte.nn.utils` available without editing nn/__init__.py (owned by
+# the norm family on main, which should gain `from . import utils`).
+from ..nn import utils as _nn_utils  # noqa: E402,F401

@@ -1,0 +1,191 @@
+"""Benchmark entries for the optimizer-step family (pass = "step").
+
+`cases(quick)` returns rows for the harness: {"family", "case", "dtype", "pass",
+"native", "ours", "native_fn", "bytes"}. `ours` and `native_fn` each perform one
+optimizer step on their own copy of the same parameters and gradients (the
+gradients stay in place between calls, so every call is a full step); `bytes`
+is what a step must move at minimum (read p, g and the state, write p and the
+state). Cases (issue 3): 16 tensors x 1M float32 params (64 MB of params: far
+beyond the 32 MB LLC) and 1,000 tensors x 4,096; against torch's AdamW/Adam
+with foreach=False, foreach=True and fused=True, and SGD(momentum=0.9) against
+all three as well.
+
+Run alone: python -m minitorch_ext.bench.optim [--quick]
+(prints median ms, interleaved, THP as the environment sets it).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+
+import torch
+
+import minitorch_ext as mte
+
+SHAPES = {"16x1M": (16, 1 << 20), "1000x4096": (1000, 4096)}
+QUICK_SHAPES = {"16x256K": (16, 1 << 18), "1000x1024": (1000, 1024)}
+
+# bytes moved per parameter element (float32): reads + writes
+_BYTES_PER = {"Adam": 4 * (4 + 3), "AdamW": 4 * (4 + 3), "SGD": 4 * (3 + 2)}
+
+
+def _params(n_tensors: int, numel: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ps = []
+    for _ in range(n_tensors):
+        p = torch.nn.Parameter(torch.randn(numel, generator=g))
+        p.grad = torch.randn(numel, generator=g) * 1e-2
+        ps.append(p)
+    return ps
+
+
+def _clone(ps):
+    out = []
+    for p in ps:
+        q = torch.nn.Parameter(p.detach().clone())
+        q.grad = p.grad.clone()
+        out.append(q)
+    return out
+
+
+def _make(algo: str, impl: str, params):
+    kw = dict(lr=1e-3, weight_decay=1e-2) if algo != "SGD" else dict(lr=1e-3, momentum=0.9)
+    if impl == "ours":
+        return getattr(mte.optim, algo)(params, **kw)
+    flag = {"foreach=False": dict(foreach=False), "foreach=True": dict(foreach=True),
+            "fused=True": dict(fused=True)}[impl]
+    return getattr(torch.optim, algo)(params, **kw, **flag)
+
+
+def cases(quick: bool = False) -> list[dict]:
+    rows = []
+    shapes = QUICK_SHAPES if quick else SHAPES
+    for case, (n, numel) in shapes.items():
+        base = _params(n, numel)
+        for algo in ("AdamW", "Adam", "SGD"):
+            ours_opt = _make(algo, "ours", _clone(base))
+            ours_opt.step()  # state allocated outside the timed calls
+            for native in ("foreach=False", "foreach=True", "fused=True"):
+                nat_opt = _make(algo, native, _clone(base))
+                nat_opt.step()
+                rows.append({
+                    "family": "optim", "case": f"{algo} {case}", "dtype": "float32", "pass": "step",
+                    "native": f"{algo}({native})", "ours": ours_opt.step, "native_fn": nat_opt.step,
+                    "bytes": n * numel * _BYTES_PER[algo],
+                })
+    return rows
+
+
+def optim(ctx):
+    """Fused optimizer steps: ours (minitorch_ext.optim) against torch.optim with foreach=False,
+    foreach=True and fused=True, one row per native variant. GB/s counts the bytes a step must
+    move (read p, grad and state, write p and state). Each side steps its own copy of the same
+    parameters; gradients stay in place, so every call is a full step. The last column of the
+    notes gives the peak extra memory of one step (tensors a step allocates beyond what was live)."""
+    from .harness import Case
+
+    by_case: dict = {}
+    for r in cases(quick=ctx.quick):
+        by_case.setdefault(r["case"], []).append(r)
+    for case, rs in by_case.items():
+        algo, shape = case.split(" ", 1)
+        if not ctx.wants(f"{case} float32 step"):
+            continue
+        mem = {"ours": peak_extra_memory(rs[0]["ours"])}
+        mem.update({r["native"]: peak_extra_memory(r["native_fn"]) for r in rs})
+        yield Case(case=case, dtype="float32", pass_="step", ours=rs[0]["ours"],
+                   native={r["native"]: r["native_fn"] for r in rs}, bytes=rs[0]["bytes"],
+                   note="peak extra memory of a step: " + ", ".join(f"{k} {v} B" for k, v in mem.items()))
+
+
+def peak_extra_memory(fn, warmup: int = 1) -> int:
+    """Peak bytes of tensors a call of `fn` allocates beyond what was live
+    before it. CUDA: max_memory_allocated. CPU: every op's new (non-aliasing)
+    output is counted while it is alive (a dispatch mode watches allocations
+    and a finalizer each release), and the running peak is returned."""
+    for _ in range(warmup):
+        fn()
+    if torch.cuda.is_available() and torch.cuda.memory_allocated() > 0:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    live = {"cur": 0, "peak": 0}
+    seen: set[int] = set()
+
+    def release(n):
+        live["cur"] -= n
+
+    class _Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ins = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs or {}))
+                   if isinstance(t, torch.Tensor)}
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    st = t.untyped_storage()
+                    ptr = st.data_ptr()
+                    if ptr in ins or ptr in seen or st.nbytes() == 0:
+                        continue
+                    seen.add(ptr)
+                    live["cur"] += st.nbytes()
+                    live["peak"] = max(live["peak"], live["cur"])
+                    weakref.finalize(t, release, st.nbytes())
+            return out
+
+    with _Watch():
+        fn()
+    gc.collect()
+    return live["peak"]
+
+
+def _time_interleaved(fns: list, reps: int, inner: int = 1) -> list[float]:
+    samples = [[] for _ in fns]
+    for _ in range(reps):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f()
+            samples[i].append((time.perf_counter() - t0) / inner * 1e3)
+    return [statistics.median(s) for s in samples]
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both sides")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}")
+    rows = cases(args.quick)
+    by_case: dict[str, list[dict]] = {}
+    for r in rows:
+        by_case.setdefault(r["case"], []).append(r)
+    print(f"{'case':<20} {'native':<24} {'ours ms':>8} {'native ms':>9} {'speedup':>8} {'ours GB/s':>9}")
+    for case, rs in by_case.items():
+        gc.collect()
+        fns = [rs[0]["ours"]] + [r["native_fn"] for r in rs]
+        med = _time_interleaved(fns, args.reps)
+        for r, nat in zip(rs, med[1:]):
+            print(f"{case:<20} {r['native']:<24} {med[0]:8.3f} {nat:9.3f} {nat / med[0]:7.2f}x "
+                  f"{r['bytes'] / med[0] / 1e6:9.1f}")
+        print(f"{case:<20} peak extra memory of a step: ours {peak_extra_memory(rs[0]['ours'])} B, "
+              + ", ".join(f"{r['native']} {peak_extra_memory(r['native_fn'])} B" for r in rs))
+
+
+if __name__ == "__main__":
+    main()
