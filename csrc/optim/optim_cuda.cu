@@ -77,6 +77,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -129,6 +130,42 @@ __device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, 
 __device__ __forceinline__ double fma(double a, double b, double c) { return __fma_rn(a, b, c); }
 __device__ __forceinline__ double div(double a, double b) { return __ddiv_rn(a, b); }
 __device__ __forceinline__ double sqrt(double a) { return __dsqrt_rn(a); }
+// Conversions without .ftz (fast math would flush float32 subnormals).
+__device__ __forceinline__ float to_f32(double a) {
+  float r;
+  asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(a));
+  return r;
+}
+__device__ __forceinline__ double to_f64(float a) {
+  double r;
+  asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(a));
+  return r;
+}
+__device__ __forceinline__ double to_f64(double a) { return a; }
+// double -> the opmath type A (float or double), round to nearest.
+template <typename A>
+__device__ __forceinline__ A to(double a) {
+  if constexpr (std::is_same_v<A, float>) {
+    return to_f32(a);
+  } else {
+    return a;
+  }
+}
+}  // namespace ieee
+
+// Sign operations and an ordered compare that keep float32 subnormals (plain
+// C++ negation / comparison become .ftz instructions under fast math).
+namespace ieee {
+__device__ __forceinline__ float neg(float a) { return __int_as_float(__float_as_int(a) ^ 0x80000000); }
+__device__ __forceinline__ float abs(float a) { return __int_as_float(__float_as_int(a) & 0x7fffffff); }
+__device__ __forceinline__ bool gt(float a, float b) {
+  unsigned r;
+  asm("{\n\t.reg .pred p;\n\tsetp.gt.f32 p, %1, %2;\n\tselp.u32 %0, 1, 0, p;\n\t}" : "=r"(r) : "f"(a), "f"(b));
+  return r != 0;
+}
+__device__ __forceinline__ double neg(double a) { return -a; }
+__device__ __forceinline__ double abs(double a) { return ::fabs(a); }
+__device__ __forceinline__ bool gt(double a, double b) { return a > b; }
 }  // namespace ieee
 
 // max that propagates NaN (at::vec::maximum, torch.maximum): a > b ? a : b.
@@ -136,12 +173,7 @@ template <typename A>
 __device__ __forceinline__ A nan_max(A a, A b) {
   if (a != a) return a;
   if (b != b) return b;
-  return a > b ? a : b;
-}
-
-template <typename A>
-__device__ __forceinline__ A abs_(A a) {
-  return a < A(0) ? -a : a;  // -0 -> -0 is harmless for norms
+  return ieee::gt(a, b) ? a : b;
 }
 
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -152,7 +184,7 @@ struct DevScalar {
   bool f64 = false;
   __device__ __forceinline__ bool present() const { return ptr != nullptr; }
   __device__ __forceinline__ double get() const {
-    return f64 ? *static_cast<const double*>(ptr) : static_cast<double>(*static_cast<const float*>(ptr));
+    return f64 ? *static_cast<const double*>(ptr) : ieee::to_f64(*static_cast<const float*>(ptr));
   }
 };
 
@@ -264,11 +296,11 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(const __grid_constant__ S
   T* b = a.has_momentum ? static_cast<T*>(tab.ptr[2][w.t]) + w.start : nullptr;
   // Scalars rounded to the opmath type as the CPU kernel rounds them.
   const bool has_scale = a.scale.present();
-  const A scale = static_cast<A>(has_scale ? static_cast<float>(a.scale.get()) : 1.0f);
-  const A wd = static_cast<A>(a.weight_decay);
-  const A mom = static_cast<A>(a.momentum);
-  const A one_minus_damp = static_cast<A>(ieee::sub(1.0, a.dampening));
-  const A neg_lr = static_cast<A>(-(a.lr_t.present() ? a.lr_t.get() : a.lr));
+  const A scale = static_cast<A>(has_scale ? ieee::to_f32(a.scale.get()) : 1.0f);  // float -> A: exact
+  const A wd = ieee::to<A>(a.weight_decay);
+  const A mom = ieee::to<A>(a.momentum);
+  const A one_minus_damp = ieee::to<A>(ieee::sub(1.0, a.dampening));
+  const A neg_lr = ieee::to<A>(-(a.lr_t.present() ? a.lr_t.get() : a.lr));  // double negation: exact
   const bool has_wd = a.weight_decay != 0.0;
   const bool load_buf = a.has_momentum && !a.first;
   const bool vec = aligned<T>(p) && aligned<T>(g) && (b == nullptr || aligned<T>(b));
@@ -287,7 +319,7 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(const __grid_constant__ S
 #pragma unroll
     for (int k = 0; k < kILP; ++k) {
       A gk = G[k];
-      if (a.maximize) gk = -gk;
+      if (a.maximize) gk = ieee::neg(gk);
       if (has_wd) gk = ieee::fma(P[k], wd, gk);  // grad.add(param, alpha=wd)
       if (a.has_momentum) {
         if (a.first) {
@@ -345,23 +377,23 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(const __grid_constant__ 
   if (threadIdx.x == 0) {
     const void* sp = tab.ptr[5][w.t];
     const double step = tab.flag[w.t] ? *static_cast<const double*>(sp)
-                                      : static_cast<double>(*static_cast<const float*>(sp));
+                                      : ieee::to_f64(*static_cast<const float*>(sp));
     const double bc1 = ieee::sub(1.0, ::pow(a.beta1, step));
     const double bc2 = ieee::sub(1.0, ::pow(a.beta2, step));
     const bool lr_f32 = a.lr_t.present() && !a.lr_t.f64;
     const double lr_v = a.lr_t.present() ? a.lr_t.get() : a.lr;
     double neg_step, decay;
     if (lr_f32) {
-      const float lr_f = static_cast<float>(lr_v);
-      neg_step = static_cast<double>(-ieee::div(lr_f, static_cast<float>(bc1)));
-      decay = static_cast<double>(ieee::sub(1.0f, ieee::mul(lr_f, static_cast<float>(a.weight_decay))));
+      const float lr_f = ieee::to_f32(lr_v);
+      neg_step = ieee::to_f64(ieee::neg(ieee::div(lr_f, ieee::to_f32(bc1))));
+      decay = ieee::to_f64(ieee::sub(1.0f, ieee::mul(lr_f, ieee::to_f32(a.weight_decay))));
     } else {
       neg_step = -ieee::div(lr_v, bc1);
       decay = ieee::sub(1.0, ieee::mul(lr_v, a.weight_decay));
     }
-    s_neg_step = static_cast<A>(neg_step);
-    s_bc2_sqrt = static_cast<A>(ieee::sqrt(bc2));
-    s_decay = static_cast<A>(decay);
+    s_neg_step = ieee::to<A>(neg_step);
+    s_bc2_sqrt = ieee::to<A>(ieee::sqrt(bc2));
+    s_decay = ieee::to<A>(decay);
   }
   __syncthreads();
   const A neg_step = s_neg_step, bc2_sqrt = s_bc2_sqrt, decay = s_decay;
@@ -372,14 +404,14 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(const __grid_constant__ 
   T* v = static_cast<T*>(tab.ptr[3][w.t]) + w.start;
   T* vmax = a.amsgrad ? static_cast<T*>(tab.ptr[4][w.t]) + w.start : nullptr;
   const bool has_scale = a.scale.present();
-  const A scale = static_cast<A>(has_scale ? static_cast<float>(a.scale.get()) : 1.0f);
-  const A wd = static_cast<A>(a.weight_decay);
-  const A lw = static_cast<A>(ieee::sub(1.0, a.beta1));  // lerp weight 1-beta1
+  const A scale = static_cast<A>(has_scale ? ieee::to_f32(a.scale.get()) : 1.0f);  // float -> A: exact
+  const A wd = ieee::to<A>(a.weight_decay);
+  const A lw = ieee::to<A>(ieee::sub(1.0, a.beta1));  // lerp weight 1-beta1
   const A lw_minus_1 = ieee::sub(lw, A(1));
-  const bool lerp_small = abs_(lw) < A(0.5);
-  const A beta2 = static_cast<A>(a.beta2);
-  const A one_minus_beta2 = static_cast<A>(ieee::sub(1.0, a.beta2));
-  const A eps = static_cast<A>(a.eps);
+  const bool lerp_small = ieee::abs(lw) < A(0.5);
+  const A beta2 = ieee::to<A>(a.beta2);
+  const A one_minus_beta2 = ieee::to<A>(ieee::sub(1.0, a.beta2));
+  const A eps = ieee::to<A>(a.eps);
   const bool vec = aligned<T>(p) && aligned<T>(g) && aligned<T>(m) && aligned<T>(v) &&
                    (vmax == nullptr || aligned<T>(vmax));
 
@@ -399,7 +431,7 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(const __grid_constant__ 
 #pragma unroll
     for (int k = 0; k < kILP; ++k) {
       A gk = G[k];
-      if (a.maximize) gk = -gk;
+      if (a.maximize) gk = ieee::neg(gk);
       if (a.coupled_wd) gk = ieee::fma(P[k], wd, gk);     // grad.add(param, alpha=wd)
       if (a.decoupled_wd) P[k] = ieee::mul(P[k], decay);  // param.mul_(1 - lr*wd)
       // exp_avg.lerp_(grad, 1-beta1), as ATen's lerp computes it
@@ -469,13 +501,13 @@ __global__ void __launch_bounds__(kThreads) norm_partial_kernel(const __grid_con
       if (kind == kTwo) {
         acc = ieee::fma(X[k], X[k], acc);
       } else if (kind == kOne) {
-        acc = ieee::add(acc, abs_(X[k]));
+        acc = ieee::add(acc, ieee::abs(X[k]));
       } else {
-        acc = nan_max(acc, abs_(X[k]));
+        acc = nan_max(acc, ieee::abs(X[k]));
       }
     }
   }
-  const double r = block_reduce(static_cast<double>(acc), kind, scratch);
+  const double r = block_reduce(ieee::to_f64(acc), kind, scratch);
   if (threadIdx.x == 0) partial[part_offset + blockIdx.x] = r;
 }
 
@@ -491,7 +523,7 @@ __global__ void __launch_bounds__(kThreads) norm_final_kernel(const double* part
   double r = block_reduce(acc, kind, scratch);
   if (threadIdx.x == 0) {
     if (kind == kTwo) r = ieee::sqrt(r);
-    *out = static_cast<O>(r);
+    *out = ieee::to<O>(r);
   }
 }
 
@@ -513,13 +545,13 @@ __global__ void __launch_bounds__(kThreads) clip_scale_kernel(const __grid_const
     double c = ieee::mul(r, a.max_norm);
     if (c > 1.0) c = 1.0;
     if (c == 1.0) return;  // multiplying by 1 changes nothing
-    coef = static_cast<A>(c);
+    coef = ieee::to<A>(c);
   } else {
-    const float r = ieee::div(1.0f, ieee::add(*static_cast<const float*>(a.total_norm.ptr), static_cast<float>(1e-6)));
-    float c = ieee::mul(r, static_cast<float>(a.max_norm));
+    const float r = ieee::div(1.0f, ieee::add(*static_cast<const float*>(a.total_norm.ptr), ieee::to_f32(1e-6)));
+    float c = ieee::mul(r, ieee::to_f32(a.max_norm));
     if (c > 1.0f) c = 1.0f;
     if (c == 1.0f) return;
-    coef = static_cast<A>(c);
+    coef = static_cast<A>(c);  // float -> A: exact
   }
   const auto w = locate(tab);
   T* x = static_cast<T*>(tab.ptr[0][w.t]) + w.start;

@@ -11,7 +11,3 @@ from .sgd import SGD
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
-# minitorch_ext.nn.utils (clip_grad_norm_) belongs to this family; importing it
-# here makes `mte.nn.utils` available without editing nn/__init__.py (owned by
-# the norm family on main, which should gain `from . import utils`).
-from ..nn import utils as _nn_utils  # noqa: E402,F401
