@@ -16,14 +16,15 @@
 //   clip:  x *= min(1, max_norm / (total_norm + 1e-6)), read on the device.
 //
 // Launch shape (multi_tensor_apply style). A group's tensors (one dtype per
-// launch) are packed, up to kMaxTensors at a time, into a struct passed by
+// launch) are packed, up to 60 (Adam), 100 (SGD) or 160 (norm, clip) at a
+// time, into a struct passed by
 // value as a kernel argument (__grid_constant__, < 4 KB): per tensor its D
 // base pointers (param, grad, state...), its numel, and a prefix sum of its
 // chunk counts. Every block owns one fixed-size chunk of one tensor: it finds
 // its tensor by a binary search of blockIdx.x in that prefix sum (a handful of
 // uniform reads of kernel-parameter memory), so the grid can be any size and
 // a thousand small tensors and one huge one cost the same one launch per
-// kMaxTensors tensors. The chunk size is picked per launch (a power of two,
+// table of tensors. The chunk size is picked per launch (a power of two,
 // 1024..65536 elements) so a launch has ~8 blocks of 256 threads per SM.
 // Each thread walks its chunk kILP = 4 elements at a time, with one vector
 // load/store per tensor stream (16 B for float32) when the tensors are
@@ -196,8 +197,6 @@ __device__ __forceinline__ bool skip_for_inf(const DevScalar& found_inf) {
 // The tensor table: D pointer lists for up to N tensors, passed by value.
 template <int D, int N>
 struct TensorTable {
-  static constexpr int kLists = D;
-  static constexpr int kMaxTensors = N;
   void* ptr[D][N];
   int64_t numel[N];
   int chunk_start[N + 1];  // blocks [chunk_start[t], chunk_start[t+1]) work on tensor t

@@ -25,14 +25,14 @@ def _check_lists(params, *others):
 
 
 @torch.library.register_fake(f"{_lib}::sgd_step_")
-def _sgd_step_fake(params, grads, momentum_buffers, *, lr, momentum, dampening, weight_decay, nesterov,
+def _sgd_step_fake(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
                    maximize, is_first_step, lr_tensor=None, grad_scale=None, found_inf=None):
     _check_lists(params, ("grads", grads), ("momentum_buffers", momentum_buffers))
     return None
 
 
 @torch.library.register_fake(f"{_lib}::adam_step_")
-def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1, beta2,
+def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
                     weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, lr_tensor=None,
                     grad_scale=None, found_inf=None):
     _check_lists(params, ("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs),
@@ -55,14 +55,75 @@ def _clip_scale_fake(tensors, total_norm, max_norm):
     return None
 
 
-def backend_for(device) -> str:
-    """Which implementation runs the optimizer ops for tensors on `device`.
+# ---------------------------------------------------------------------------
+# Triton ops: the kernels of minitorch_ext.kernels.optim behind the same schemas.
+# Registered as opaque custom ops on every device: the kernels write through a
+# table of data pointers, which neither fake tensors nor triton_op's mutation
+# analysis can see, so torch.compile must treat them as black boxes. (custom_op
+# allows no keyword-only tensors, so these schemas take every argument by
+# position or keyword; callers pass the same keywords as to the C++ ops.)
+# ---------------------------------------------------------------------------
+from typing import List, Optional  # noqa: E402
 
-    Only the compiled ("cpp": C++ on CPU, CUDA on GPU) kernels exist for this
-    family so far; a Triton choice is a clear error, never a silent fall-back.
-    """
-    name = _backend.resolve(device)
-    if name != "cpp":
-        raise RuntimeError(
-            f"minitorch_ext optimizer steps have no {name!r} kernels yet; use_backend('cpp') for them")
-    return name
+from torch import Tensor  # noqa: E402
+
+
+@torch.library.custom_op(f"{_lib}::sgd_step_triton_", mutates_args=("params", "grads", "momentum_buffers"))
+def _sgd_step_triton(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[Tensor], lr: float,
+                     momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
+                     is_first_step: bool, lr_tensor: Optional[Tensor] = None, grad_scale: Optional[Tensor] = None,
+                     found_inf: Optional[Tensor] = None) -> None:
+    from minitorch_ext.kernels import optim as K
+
+    K.sgd_step_(params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening,
+                weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, is_first_step=is_first_step,
+                lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf)
+
+
+@torch.library.custom_op(f"{_lib}::adam_step_triton_",
+                         mutates_args=("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs",
+                                       "state_steps"))
+def _adam_step_triton(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
+                      exp_avg_sqs: List[Tensor], max_exp_avg_sqs: List[Tensor], state_steps: List[Tensor],
+                      lr: float, beta1: float, beta2: float, weight_decay: float, eps: float, amsgrad: bool,
+                      maximize: bool, decoupled_weight_decay: bool, lr_tensor: Optional[Tensor] = None,
+                      grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+    from minitorch_ext.kernels import optim as K
+
+    K.adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr, beta1=beta1,
+                 beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=amsgrad, maximize=maximize,
+                 decoupled_weight_decay=decoupled_weight_decay, lr_tensor=lr_tensor, grad_scale=grad_scale,
+                 found_inf=found_inf)
+
+
+@torch.library.custom_op(f"{_lib}::total_norm_triton", mutates_args=())
+def _total_norm_triton(tensors: List[Tensor], norm_type: float) -> Tensor:
+    from minitorch_ext.kernels import optim as K
+
+    return K.total_norm(tensors, norm_type)
+
+
+@torch.library.custom_op(f"{_lib}::clip_scale_triton_", mutates_args=("tensors",))
+def _clip_scale_triton(tensors: List[Tensor], total_norm: Tensor, max_norm: float) -> None:
+    from minitorch_ext.kernels import optim as K
+
+    K.clip_scale_(tensors, total_norm, max_norm)
+
+
+_sgd_step_triton.register_fake(_sgd_step_fake)
+_adam_step_triton.register_fake(_adam_step_fake)
+_total_norm_triton.register_fake(_total_norm_fake)
+_clip_scale_triton.register_fake(_clip_scale_fake)
+
+_TRITON_NAME = {"sgd_step_": "sgd_step_triton_", "adam_step_": "adam_step_triton_",
+                "total_norm": "total_norm_triton", "clip_scale_": "clip_scale_triton_"}
+
+
+def op(name: str, device):
+    """The registered op that runs `name` ("sgd_step_", "adam_step_", "total_norm",
+    "clip_scale_") for tensors on `device` under the current backend: the C++ (CPU)
+    or CUDA kernel for "cpp", the Triton kernel for "triton". An unavailable
+    backend raises (see minitorch_ext._backend), never falls back to torch."""
+    if _backend.resolve(device) == "triton":
+        return getattr(torch.ops.minitorch_ext, _TRITON_NAME[name])
+    return getattr(torch.ops.minitorch_ext, name)

@@ -50,8 +50,9 @@ def amp_args(opt) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     return getattr(opt, "grad_scale", None), getattr(opt, "found_inf", None)
 
 
-def ensure_backend(device: torch.device) -> None:
-    _ops_optim.backend_for(device)
+def op(name: str, device: torch.device):
+    """The registered op for `name` on `device` under the current backend (cpp or triton)."""
+    return _ops_optim.op(name, device)
 
 
 def lr_args(lr, device: torch.device):

@@ -5,7 +5,6 @@ import torch
 
 from . import _common as C
 
-_op = torch.ops.minitorch_ext.adam_step_
 
 
 class _FusedAdamStep:
@@ -68,7 +67,7 @@ class _FusedAdamStep:
                   decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)))
         for bucket in C.buckets(params):
             dev = params[bucket[0]].device
-            C.ensure_backend(dev)
+            _op = C.op("adam_step_", dev)
             lr_f, lr_t = C.lr_args(group["lr"], dev)
             if len(bucket) == len(params):
                 args = (params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps)

@@ -5,7 +5,6 @@ import torch
 
 from . import _common as C
 
-_op = torch.ops.minitorch_ext.sgd_step_
 
 
 class SGD(torch.optim.SGD):
@@ -91,7 +90,7 @@ class SGD(torch.optim.SGD):
             if not idx:
                 continue
             dev = params[idx[0]].device
-            C.ensure_backend(dev)
+            _op = C.op("sgd_step_", dev)
             lr_f, lr_t = C.lr_args(lr, dev)
             if whole:
                 ps, gs, bs = params, grads, bufs

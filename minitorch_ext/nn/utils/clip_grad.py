@@ -23,8 +23,8 @@ from collections.abc import Iterable
 
 import torch
 
-_total_norm = torch.ops.minitorch_ext.total_norm
-_clip_scale = torch.ops.minitorch_ext.clip_scale_
+from ...ops import optim as _ops_optim
+
 _OUR_NORMS = (2.0, 1.0, math.inf)
 
 
@@ -64,7 +64,7 @@ def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm:
     for g in grads:
         by_device.setdefault(g.device, []).append(g)
     first_device = grads[0].device
-    norms = [_total_norm(gs, norm_type) for gs in by_device.values()]
+    norms = [_ops_optim.op("total_norm", dev)(gs, norm_type) for dev, gs in by_device.items()]
     total = _combine([n.to(first_device) for n in norms], norm_type)
     if error_if_nonfinite and torch.logical_or(total.isnan(), total.isinf()):
         raise RuntimeError(
@@ -73,7 +73,7 @@ def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm:
             "this error and scale the gradients by the non-finite norm anyway, "
             "set `error_if_nonfinite=False`")
     for dev, gs in by_device.items():
-        _clip_scale(gs, total.to(dev), float(max_norm))
+        _ops_optim.op("clip_scale_", dev)(gs, total.to(dev), float(max_norm))
     out_dtype = grads[0].dtype
     for g in grads[1:]:
         out_dtype = torch.promote_types(out_dtype, g.dtype)
