@@ -48,29 +48,20 @@ work (pytorch#152868), so `_launch` launches the kernel directly there.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._common import interpreting as _interpreting
+from ._common import launch as _launch
+from ._common import store as _store_out
 
 # A row is kept in registers while its float32 (float64) working copy fits in
 # this many bytes: 8192 fp32 / 4096 fp64 elements. Measured with ptxas for
 # sm_90: at 16 warps that is <= 128 registers per thread with no spills in
 # forward and backward; twice that spills. Wider rows take the chunked path.
 _MAX_FUSED_ACC_BYTES = 32768
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _launch(kernel):
-    """kernel[grid](...) launcher: traced through wrap_triton on a GPU (what
-    torch.library.triton_op requires), the bare kernel under the interpreter."""
-    if _interpreting():
-        return kernel
-    return torch.library.wrap_triton(kernel)
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -122,37 +113,6 @@ def _num_programs(M: int, device: torch.device) -> tuple[int, int]:
     return triton.cdiv(M, rows_per_program), rows_per_program
 
 
-# Triton's interpreter converts float32 -> bfloat16 by truncation (round toward
-# zero; triton 3.8 `cast_impl`), while compiled code rounds to nearest even
-# (cvt.rn.bf16.f32). That doubles the error of every bf16 output on the CPU
-# and turns 0.99999 into 0.996. So under the interpreter only, bf16 outputs
-# are rounded to nearest even with integer ops first; the truncating
-# conversion is then exact (except bf16 subnormals, which the interpreter
-# flushes to zero). Compiled kernels never see this branch.
-_INTERPRETER_BF16_RTNE = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
-
-
-@triton.jit
-def _rtne_bf16(x):
-    """float32 x rounded to the nearest bfloat16 (ties to even), as float32."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # NaN stays NaN
-
-
-@triton.jit
-def _store_out(ptrs, x, mask):
-    """tl.store(ptrs, x, mask): the store of every kernel output, converting
-    to the pointer's dtype (bf16 rounding fixed under the interpreter)."""
-    if _INTERPRETER_BF16_RTNE:
-        if ptrs.dtype.element_ty == tl.bfloat16:
-            x = _rtne_bf16(x.to(tl.float32))
-    tl.store(ptrs, x, mask=mask)
-
-
-# --------------------------------------------------------------------------
-# Shared: column-wise sum of a (P, N) partial buffer, in a fixed order.
-# --------------------------------------------------------------------------
 @triton.jit
 def _sum_partials_kernel(Partial, Out, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program per BLOCK_N columns; it walks the P rows top to bottom, so the

@@ -71,11 +71,15 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from . import _common
+from ._common import interpreting as _interpreting
+from ._common import launch as _launch
+from ._common import store as _store
 
 _BLOCK = 1024   # elements per inner iteration of a program
 _CHUNK = 4096   # elements per program (a multiple of _BLOCK)
@@ -83,40 +87,8 @@ _NUM_WARPS = 4
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _launch(kernel):
-    """kernel[grid](...) launcher: traced through wrap_triton on a GPU (what
-    torch.library.triton_op requires), the bare kernel under the interpreter."""
-    if _interpreting():
-        return kernel
-    return torch.library.wrap_triton(kernel)
-
-
-# Triton's interpreter converts float32 -> bfloat16 by truncation while
-# compiled code rounds to nearest even (see kernels/norm.py); under the
-# interpreter only, bf16 outputs are rounded with integer ops first.
-_INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
-
-
-@triton.jit
-def _rtne_bf16(x):
-    """float32 x rounded to the nearest bfloat16 (ties to even), as float32."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # NaN stays NaN
-
-
-@triton.jit
-def _store(ptrs, x, mask):
-    """tl.store(ptrs, x, mask), converting to the pointer's dtype (bf16
-    rounding fixed under the interpreter)."""
-    if _INTERPRETER:
-        if ptrs.dtype.element_ty == tl.bfloat16:
-            x = _rtne_bf16(x.to(tl.float32))
-    tl.store(ptrs, x.to(ptrs.dtype.element_ty), mask=mask)
+# bf16 stores are rounded to nearest even under the interpreter (see _common).
+_INTERPRETER = _common.INTERPRETER
 
 
 @triton.jit

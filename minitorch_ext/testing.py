@@ -43,7 +43,7 @@ from minitorch_ext import _poison
 
 __all__ = [
     "Sample", "BadInput", "OpSpec", "backends_for", "poisoned", "check_gradcheck", "check_opcheck",
-    "check_parity", "check_bad_inputs", "check_compile", "max_err", "TOLERANCE_FACTOR",
+    "check_parity", "check_bad_inputs", "check_compile", "max_err", "TOLERANCE_FACTOR", "standard_tests",
 ]
 
 # How far our error may exceed native torch's own error against float64.
@@ -248,3 +248,54 @@ def check_compile(make_model: Callable[[], torch.nn.Module], example: Tensor, ba
     torch.testing.assert_close(out, eager, atol=atol, rtol=rtol)
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+def standard_tests(spec: OpSpec, make_model: Callable[[], torch.nn.Module], example: Tensor,
+                   device: str = "cpu") -> Dict[str, Callable]:
+    """The whole battery for one op family as pytest test functions, one per check and
+    parametrized over every backend runnable here. A family's test file does
+
+        globals().update(testing.standard_tests(SPEC, small_model, torch.randn(4, 16)))
+
+    and adds only what is particular to it (module state_dict, determinism...)."""
+    import pytest
+    from hypothesis import given
+
+    backends = backends_for(device)
+    n_fixed = len(spec.samples(backends[0] if backends else "cpp"))
+    by_backend = pytest.mark.parametrize("backend", backends)
+
+    @by_backend
+    @pytest.mark.parametrize("i", range(n_fixed))
+    def test_gradcheck(backend, i):
+        check_gradcheck(spec, spec.samples(backend)[i], backend, device=device)
+
+    @by_backend
+    @pytest.mark.parametrize("i", range(n_fixed))
+    def test_opcheck(backend, i):
+        check_opcheck(spec, spec.samples(backend)[i], backend, device=device)
+
+    @by_backend
+    @pytest.mark.parametrize("dtype", list(spec.dtypes), ids=str)
+    def test_parity(backend, dtype):
+        @given(spec.strategy(backend))
+        def run(sample):
+            check_parity(spec, sample, backend, dtype, device=device)
+
+        run()
+
+    @by_backend
+    def test_parity_float64(backend):
+        for sample in spec.samples(backend):
+            check_parity(spec, sample, backend, torch.float64, device=device)
+
+    @by_backend
+    def test_bad_inputs(backend):
+        assert len(check_bad_inputs(spec, backend)) == len(spec.bad_inputs())
+
+    @by_backend
+    def test_compile_fullgraph(backend):
+        check_compile(make_model, example.to(device), backend)
+
+    return {f.__name__: f for f in (test_gradcheck, test_opcheck, test_parity, test_parity_float64,
+                                    test_bad_inputs, test_compile_fullgraph)}

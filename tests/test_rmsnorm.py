@@ -1,7 +1,5 @@
 """RMSNorm on every backend this machine runs, through the shared checker."""
-import pytest
 import torch
-from hypothesis import given
 
 import minitorch_ext as mte
 from minitorch_ext import testing
@@ -9,45 +7,10 @@ from minitorch_ext.cases.norm import small_model, spec
 
 KIND = "rms_norm"
 SPEC = spec(KIND)
-BACKENDS = testing.backends_for("cpu")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("i", range(6))
-def test_gradcheck(backend, i):
-    testing.check_gradcheck(SPEC, SPEC.samples(backend)[i], backend)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("i", [0, 1, 3, 5])
-def test_opcheck(backend, i):
-    testing.check_opcheck(SPEC, SPEC.samples(backend)[i], backend)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_parity(backend, dtype):
-    @given(SPEC.strategy(backend))
-    def run(sample):
-        testing.check_parity(SPEC, sample, backend, dtype)
-
-    run()
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_parity_float64(backend):
-    for sample in SPEC.samples(backend):
-        testing.check_parity(SPEC, sample, backend, torch.float64)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_bad_inputs(backend):
-    assert len(testing.check_bad_inputs(SPEC, backend)) == len(SPEC.bad_inputs())
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_compile_fullgraph(backend):
-    testing.check_compile(small_model(KIND), torch.randn(4, 16), backend)
+# gradcheck, opcheck, Hypothesis parity (float32, bfloat16), float64, bad input, compile
+globals().update(testing.standard_tests(SPEC, small_model(KIND), torch.randn(4, 16)))
 
 
 def test_module_state_dict_round_trip():

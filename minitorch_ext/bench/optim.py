@@ -31,12 +31,12 @@ QUICK_SHAPES = {"16x256K": (16, 1 << 18), "1000x1024": (1000, 1024)}
 _BYTES_PER = {"Adam": 4 * (4 + 3), "AdamW": 4 * (4 + 3), "SGD": 4 * (3 + 2)}
 
 
-def _params(n_tensors: int, numel: int, seed: int = 0):
+def _params(n_tensors: int, numel: int, seed: int = 0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     ps = []
     for _ in range(n_tensors):
-        p = torch.nn.Parameter(torch.randn(numel, generator=g))
-        p.grad = torch.randn(numel, generator=g) * 1e-2
+        p = torch.nn.Parameter(torch.randn(numel, generator=g).to(device))
+        p.grad = (torch.randn(numel, generator=g) * 1e-2).to(device)
         ps.append(p)
     return ps
 
@@ -59,11 +59,11 @@ def _make(algo: str, impl: str, params):
     return getattr(torch.optim, algo)(params, **kw, **flag)
 
 
-def cases(quick: bool = False) -> list[dict]:
+def cases(quick: bool = False, device="cpu") -> list[dict]:
     rows = []
     shapes = QUICK_SHAPES if quick else SHAPES
     for case, (n, numel) in shapes.items():
-        base = _params(n, numel)
+        base = _params(n, numel, device=device)
         for algo in ("AdamW", "Adam", "SGD"):
             ours_opt = _make(algo, "ours", _clone(base))
             ours_opt.step()  # state allocated outside the timed calls
@@ -87,7 +87,7 @@ def optim(ctx):
     from .harness import Case
 
     by_case: dict = {}
-    for r in cases(quick=ctx.quick):
+    for r in cases(quick=ctx.quick, device=ctx.device):
         by_case.setdefault(r["case"], []).append(r)
     for case, rs in by_case.items():
         algo, shape = case.split(" ", 1)

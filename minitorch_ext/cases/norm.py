@@ -100,7 +100,8 @@ def _strategy(kind: str, backend: str):
             ns = (n,) if data(st.booleans()) else (data(st.sampled_from([2, 3])), n)
             lead = data(st.sampled_from([(), (0,), (1,), (2,), (3,), (5,), (13,), (2, 3), (4, 7), (64,)]))
             while math.prod(lead) * math.prod(ns) > max_numel and math.prod(lead) > 1:
-                lead = lead[:-1] + (max(1, lead[-1] // 2),)
+                k = max(range(len(lead)), key=lambda j: lead[j])  # halve the largest batch dim
+                lead = lead[:k] + (lead[k] // 2,) + lead[k + 1:]
         layout = data(st.sampled_from(LAYOUTS))
         affine = data(st.booleans())
         bias = data(st.booleans())
