@@ -131,10 +131,41 @@ inline bool use_stream(const scalar_t* out, int64_t M, int64_t N) {
          N % W == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
 }
 
+// Writes a row of n outputs, f(i, count) giving acc_t vectors: directly for
+// float/double (streaming stores when `stream`), and for bfloat16/float16 by
+// narrowing two float vectors at a time straight into the output, so the
+// result never makes an extra trip through a float scratch row (only the
+// tail, under 2 vectors, goes through `scratch`).
+template <typename scalar_t, typename acc_t, typename F>
+inline void write_row(scalar_t* out, int64_t n, bool stream, acc_t* scratch, F f) {
+  constexpr int64_t W = Vectorized<acc_t>::size();
+  using Full = std::integral_constant<int64_t, W>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for_vecs<acc_t>(n, [&](int64_t i, auto c) {
+      const Vectorized<acc_t> v = f(i, c);
+      if constexpr (!is_tail_v<decltype(c)>) {
+        if (stream) { st_stream(v, out + i); return; }
+      }
+      stc(v, out + i, c);
+    });
+  } else {
+    int64_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W)
+      at::vec::convert_from_float<scalar_t>(f(i, Full{}), f(i + W, Full{})).store(out + i);
+    if (i < n) {
+      for (int64_t j = i; j < n; j += W) {
+        if (j + W <= n) f(j, Full{}).store(scratch + j);
+        else f(j, n - j).store(scratch + j, n - j);
+      }
+      at::vec::convert(scratch + i, out + i, n - i);
+    }
+  }
+}
+
 // ---- per-thread scratch for reduced-precision rows --------------------------
 
-// For float/double the kernel reads and writes the tensors directly; for
-// bfloat16/float16 it widens a row into float scratch and narrows the result.
+// For float/double the kernel reads the tensors directly; for bfloat16/float16
+// it widens each input row into float scratch once (outputs: write_row).
 template <typename scalar_t>
 struct Rows {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -146,12 +177,6 @@ struct Rows {
   const acc_t* in(const scalar_t* p, std::vector<acc_t>& buf, int64_t n) {
     if constexpr (kDirect) return p;
     else { at::vec::convert(p, buf.data(), n); return buf.data(); }
-  }
-  acc_t* out(scalar_t* p, std::vector<acc_t>& buf) {
-    if constexpr (kDirect) return p; else return buf.data();
-  }
-  void flush(const std::vector<acc_t>& buf, scalar_t* p, int64_t n) {
-    if constexpr (!kDirect) at::vec::convert(buf.data(), p, n);
   }
 };
 
@@ -193,7 +218,6 @@ void norm_fwd_kernel(const at::Tensor& x, const std::optional<at::Tensor>& weigh
     R rows(N);
     for (int64_t r = begin; r < end; ++r) {
       const acc_t* xr = rows.in(X + r * N, rows.a, N);
-      acc_t* yr = rows.out(Y + r * N, rows.b);
       acc_t mu = 0;
       if constexpr (kCenter) mu = reduce_vecs<acc_t>(N, [&](int64_t i, auto c) { return ldc(xr + i, c); }) * inv_n;
       const Vec vmu(mu);
@@ -204,16 +228,12 @@ void norm_fwd_kernel(const at::Tensor& x, const std::optional<at::Tensor>& weigh
       }) * inv_n;
       const acc_t rs = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
       const Vec vrs(rs);
-      for_vecs<acc_t>(N, [&](int64_t i, auto c) {
+      write_row<scalar_t, acc_t>(Y + r * N, N, stream, rows.b.data(), [&](int64_t i, auto c) {
         Vec v = (ldc(xr + i, c) - vmu) * vrs;
         if (wp) v = v * ldc(wp + i, c);
         if (bp) v = v + ldc(bp + i, c);
-        if constexpr (!is_tail_v<decltype(c)>) {
-          if (stream) { st_stream(v, yr + i); return; }
-        }
-        stc(v, yr + i, c);
+        return v;
       });
-      rows.flush(rows.b, Y + r * N, N);
       if constexpr (kCenter) MEAN[r] = mu;
       RSTD[r] = rs;
     }
@@ -261,7 +281,6 @@ void norm_bwd_kernel(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
       for (int64_t r = blk * rows_per_block; r < r_end; ++r) {
         const acc_t* xr = rows.in(X + r * N, rows.a, N);
         const acc_t* dyr = rows.in(DY + r * N, rows.b, N);
-        acc_t* dxr = rows.out(DX + r * N, rows.c);
         const Vec vmu(kCenter ? MEAN[r] : acc_t(0));
         const Vec vrs(RSTD[r]);
         // pass 1: the two row sums, and the dweight/dbias partials
@@ -279,19 +298,14 @@ void norm_bwd_kernel(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
         const acc_t c2 = kCenter ? hsum(s2) * inv_n : acc_t(0);
         // pass 2 (from cache): dx = rstd * (g - xhat*c1 - c2)
         const Vec vc1(c1), vc2(c2);
-        for_vecs<acc_t>(N, [&](int64_t i, auto c) {
+        write_row<scalar_t, acc_t>(DX + r * N, N, stream, rows.c.data(), [&](int64_t i, auto c) {
           const Vec xhat = (ldc(xr + i, c) - vmu) * vrs;
           const Vec d = ldc(dyr + i, c);
           const Vec g = wp ? d * ldc(wp + i, c) : d;
           Vec v = g - xhat * vc1;
           if constexpr (kCenter) v = v - vc2;
-          v = v * vrs;
-          if constexpr (!is_tail_v<decltype(c)>) {
-            if (stream) { st_stream(v, dxr + i); return; }
-          }
-          stc(v, dxr + i, c);
+          return v * vrs;
         });
-        rows.flush(rows.c, DX + r * N, N);
       }
     }
     if (stream) stream_fence();
