@@ -71,3 +71,28 @@ def steps_to_param_device(opt) -> None:
             if st and "step" in st and torch.is_tensor(st["step"]) and st["step"].device != p.device \
                     and p.device.type != "cpu":
                 st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+
+
+class FusedStep:
+    """What every fused optimizer shares: step() (closure, GradScaler's
+    grad_scale/found_inf protocol, one `_step_group` call per param group) and
+    load_state_dict (steps moved beside their params). Mixed in before the
+    torch.optim class it replaces."""
+
+    _step_supports_amp_scaling = True
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        steps_to_param_device(self)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform a single optimization step (closure: re-evaluates the model, returns the loss)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale, found_inf = amp_args(self)
+        for group in self.param_groups:
+            self._step_group(group, grad_scale, found_inf)
+        return loss

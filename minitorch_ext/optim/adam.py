@@ -7,27 +7,9 @@ from . import _common as C
 
 
 
-class _FusedAdamStep:
-    """step() shared by Adam and AdamW (the group's decoupled_weight_decay flag decides)."""
-
-    _step_supports_amp_scaling = True
+class _FusedAdamStep(C.FusedStep):
+    """The group step shared by Adam and AdamW (the group's decoupled_weight_decay flag decides)."""
     _name = "Adam"
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        C.steps_to_param_device(self)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform a single optimization step (closure: re-evaluates the model, returns the loss)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        grad_scale, found_inf = C.amp_args(self)
-        for group in self.param_groups:
-            self._step_group(group, grad_scale, found_inf)
-        return loss
 
     def _step_group(self, group, grad_scale, found_inf):
         amsgrad = group["amsgrad"]

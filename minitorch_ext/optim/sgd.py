@@ -7,7 +7,7 @@ from . import _common as C
 
 
 
-class SGD(torch.optim.SGD):
+class SGD(C.FusedStep, torch.optim.SGD):
     """Drop-in for :class:`torch.optim.SGD` (same constructor, defaults,
     param_group keys and ``momentum_buffer`` state, so state_dicts load both
     ways). Each param group is updated by one call of the fused kernel
@@ -20,8 +20,6 @@ class SGD(torch.optim.SGD):
     must be float32, float64 or bfloat16; sparse gradients are refused.
     """
 
-    _step_supports_amp_scaling = True
-
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float | torch.Tensor = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None):
@@ -30,22 +28,6 @@ class SGD(torch.optim.SGD):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                          fused=fused)
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        C.steps_to_param_device(self)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform a single optimization step (closure: re-evaluates the model, returns the loss)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        grad_scale, found_inf = C.amp_args(self)
-        for group in self.param_groups:
-            self._step_group(group, grad_scale, found_inf)
-        return loss
 
     def _step_group(self, group, grad_scale, found_inf):
         momentum = group["momentum"]
