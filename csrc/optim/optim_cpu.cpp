@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "optim/optim_checks.h"
 
 namespace mte {
 namespace {
@@ -133,46 +134,11 @@ void for_each_part(const std::vector<int64_t>& offsets, int64_t nparts, const F&
 
 // ---------------------------------------------------------------------------
 // Argument checks (torch's error types; messages name the argument).
-inline void check_list_len(at::TensorList l, const char* name, size_t n) {
-  TORCH_CHECK_VALUE(l.size() == n, name, ": expected ", n, " tensors (one per parameter), got ", l.size());
-}
-
-inline bool supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16;
-}
-
-inline void check_param(const at::Tensor& p, size_t i, const at::Tensor& p0) {
-  TORCH_CHECK(p.is_floating_point() && supported_dtype(p.scalar_type()), "params[", i,
-              "]: expected a float32, float64 or bfloat16 tensor, got ", p.scalar_type());
-  TORCH_CHECK(p.device() == p0.device(), "params[", i, "]: expected all tensors to be on the same device (",
-              p0.device(), ", the device of params[0]), got one on ", p.device());
-  TORCH_CHECK(p.is_non_overlapping_and_dense(), "params[", i,
-              "]: expected a dense, non-overlapping tensor (for example a contiguous one)");
-}
-
-// A per-parameter tensor (grad or state) must match its parameter exactly:
-// the kernels walk all of them with one flat index.
-inline void check_like(const at::Tensor& t, const char* name, size_t i, const at::Tensor& p) {
-  TORCH_CHECK(t.defined(), name, "[", i, "]: expected a tensor, got None");
-  TORCH_CHECK(!t.is_sparse(), name, "[", i, "]: sparse tensors are not supported");
-  TORCH_CHECK(t.device() == p.device(), name, "[", i, "]: expected a tensor on ", p.device(),
-              " (the device of params[", i, "]), got one on ", t.device());
-  TORCH_CHECK(t.scalar_type() == p.scalar_type(), name, "[", i, "]: expected dtype ", p.scalar_type(),
-              " (the dtype of params[", i, "]), got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == p.sizes(), name, "[", i, "]: expected shape ", p.sizes(), " (the shape of params[", i,
-              "]), got ", t.sizes());
-  TORCH_CHECK(p.numel() <= 1 || t.strides() == p.strides(), name, "[", i, "]: expected the strides of params[", i,
-              "] ", p.strides(), ", got ", t.strides());
-}
-
-inline void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& p0) {
-  if (!t.has_value() || !t->defined()) return;
-  TORCH_CHECK(t->numel() == 1, name, ": expected a tensor with one element, got ", t->numel());
-  TORCH_CHECK(t->device() == p0.device(), name, ": expected a tensor on ", p0.device(),
-              " (the device of params), got one on ", t->device());
-  TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, name,
-              ": expected a float32 or float64 tensor, got ", t->scalar_type());
-}
+using optim::check_like;
+using optim::check_list_len;
+using optim::check_scalar_tensor;
+inline bool supported_dtype(at::ScalarType t) { return optim::supported_dtype<false>(t); }
+inline void check_param(const at::Tensor& p, size_t i, const at::Tensor& p0) { optim::check_param<false>(p, i, p0); }
 
 inline double scalar_value(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? *t.const_data_ptr<double>()

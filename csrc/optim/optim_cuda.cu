@@ -82,6 +82,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "optim/optim_checks.h"
 
 namespace {
 
@@ -633,48 +634,13 @@ std::vector<std::pair<TensorTable<D, N>, int>> plan(const std::vector<Entry<D>>&
 // Argument checks (torch's error types; messages name the argument), the CPU
 // kernel's checks with CUDA's device and dtype rules.
 // ===========================================================================
-inline void check_list_len(at::TensorList l, const char* name, size_t n) {
-  TORCH_CHECK_VALUE(l.size() == n, name, ": expected ", n, " tensors (one per parameter), got ", l.size());
-}
-
-inline bool supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
-}
-
+using mte::optim::check_like;
+using mte::optim::check_list_len;
+using mte::optim::check_scalar_tensor;
+using mte::optim::present;
+inline bool supported_dtype(at::ScalarType t) { return mte::optim::supported_dtype<true>(t); }
 inline void check_param(const at::Tensor& p, size_t i, const at::Tensor& p0) {
-  TORCH_CHECK(p.is_floating_point() && supported_dtype(p.scalar_type()), "params[", i,
-              "]: expected a float32, float64, float16 or bfloat16 tensor, got ", p.scalar_type());
-  TORCH_CHECK(p.is_cuda(), "params[", i, "]: expected a CUDA tensor, got one on ", p.device());
-  TORCH_CHECK(p.device() == p0.device(), "params[", i, "]: expected all tensors to be on the same device (",
-              p0.device(), ", the device of params[0]), got one on ", p.device());
-  TORCH_CHECK(p.is_non_overlapping_and_dense(), "params[", i,
-              "]: expected a dense, non-overlapping tensor (for example a contiguous one)");
-}
-
-// A per-parameter tensor (grad or state) must match its parameter exactly:
-// the kernels walk all of them with one flat index.
-inline void check_like(const at::Tensor& t, const char* name, size_t i, const at::Tensor& p) {
-  TORCH_CHECK(t.defined(), name, "[", i, "]: expected a tensor, got None");
-  TORCH_CHECK(!t.is_sparse(), name, "[", i, "]: sparse tensors are not supported");
-  TORCH_CHECK(t.device() == p.device(), name, "[", i, "]: expected a tensor on ", p.device(),
-              " (the device of params[", i, "]), got one on ", t.device());
-  TORCH_CHECK(t.scalar_type() == p.scalar_type(), name, "[", i, "]: expected dtype ", p.scalar_type(),
-              " (the dtype of params[", i, "]), got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == p.sizes(), name, "[", i, "]: expected shape ", p.sizes(), " (the shape of params[", i,
-              "]), got ", t.sizes());
-  TORCH_CHECK(p.numel() <= 1 || t.strides() == p.strides(), name, "[", i, "]: expected the strides of params[", i,
-              "] ", p.strides(), ", got ", t.strides());
-}
-
-inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
-inline void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& p0) {
-  if (!present(t)) return;
-  TORCH_CHECK(t->numel() == 1, name, ": expected a tensor with one element, got ", t->numel());
-  TORCH_CHECK(t->device() == p0.device(), name, ": expected a tensor on ", p0.device(),
-              " (the device of params), got one on ", t->device());
-  TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, name,
-              ": expected a float32 or float64 tensor, got ", t->scalar_type());
+  mte::optim::check_param<true>(p, i, p0);
 }
 
 inline DevScalar dev_scalar(const std::optional<at::Tensor>& t) {
