@@ -57,4 +57,44 @@ inline void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* 
               ": expected a float32 or float64 tensor, got ", t->scalar_type());
 }
 
+// Every argument of adam_step_ (lists, per-parameter tensors, steps, scalar
+// tensors). Steps live on the CPU for the CPU kernel and beside each param
+// (as torch's fused optimizers keep them) for the CUDA kernel.
+template <bool kCuda>
+inline void check_adam_args(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                            at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                            at::TensorList state_steps, bool amsgrad, const std::optional<at::Tensor>& lr_tensor,
+                            const std::optional<at::Tensor>& grad_scale,
+                            const std::optional<at::Tensor>& found_inf) {
+  const size_t n = params.size();
+  check_list_len(grads, "grads", n);
+  check_list_len(exp_avgs, "exp_avgs", n);
+  check_list_len(exp_avg_sqs, "exp_avg_sqs", n);
+  if (amsgrad) check_list_len(max_exp_avg_sqs, "max_exp_avg_sqs", n);
+  check_list_len(state_steps, "state_steps", n);
+  if (n == 0) return;
+  const at::Tensor& p0 = params[0];
+  for (size_t i = 0; i < n; ++i) {
+    check_param<kCuda>(params[i], i, p0);
+    check_like(grads[i], "grads", i, params[i]);
+    check_like(exp_avgs[i], "exp_avgs", i, params[i]);
+    check_like(exp_avg_sqs[i], "exp_avg_sqs", i, params[i]);
+    if (amsgrad) check_like(max_exp_avg_sqs[i], "max_exp_avg_sqs", i, params[i]);
+    const auto& s = state_steps[i];
+    TORCH_CHECK(s.numel() == 1 && (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),
+                "state_steps[", i, "]: expected a float32 or float64 tensor with one element, got ", s.scalar_type(),
+                " of shape ", s.sizes());
+    if (kCuda) {
+      TORCH_CHECK(s.device() == params[i].device(), "state_steps[", i, "]: expected a tensor on ",
+                  params[i].device(), " (the device of params[", i,
+                  "], where torch's fused optimizers keep `step`), got one on ", s.device());
+    } else {
+      TORCH_CHECK(s.device().is_cpu(), "state_steps[", i, "]: expected a CPU tensor, got one on ", s.device());
+    }
+  }
+  check_scalar_tensor(lr_tensor, "lr_tensor", p0);
+  check_scalar_tensor(grad_scale, "grad_scale", p0);
+  check_scalar_tensor(found_inf, "found_inf", p0);
+}
+
 }  // namespace mte::optim

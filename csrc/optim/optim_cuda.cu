@@ -734,31 +734,11 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                     double lr, double beta1, double beta2, double weight_decay, double eps, bool amsgrad,
                     bool maximize, bool decoupled_weight_decay, const std::optional<at::Tensor>& lr_tensor,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  mte::optim::check_adam_args<true>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
+                                    lr_tensor, grad_scale, found_inf);
   const size_t n = params.size();
-  check_list_len(grads, "grads", n);
-  check_list_len(exp_avgs, "exp_avgs", n);
-  check_list_len(exp_avg_sqs, "exp_avg_sqs", n);
-  if (amsgrad) check_list_len(max_exp_avg_sqs, "max_exp_avg_sqs", n);
-  check_list_len(state_steps, "state_steps", n);
   if (n == 0) return;
   const at::Tensor& p0 = params[0];
-  for (size_t i = 0; i < n; ++i) {
-    check_param(params[i], i, p0);
-    check_like(grads[i], "grads", i, params[i]);
-    check_like(exp_avgs[i], "exp_avgs", i, params[i]);
-    check_like(exp_avg_sqs[i], "exp_avg_sqs", i, params[i]);
-    if (amsgrad) check_like(max_exp_avg_sqs[i], "max_exp_avg_sqs", i, params[i]);
-    const auto& s = state_steps[i];
-    TORCH_CHECK(s.numel() == 1 && (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),
-                "state_steps[", i, "]: expected a float32 or float64 tensor with one element, got ", s.scalar_type(),
-                " of shape ", s.sizes());
-    TORCH_CHECK(s.device() == params[i].device(), "state_steps[", i, "]: expected a tensor on ", params[i].device(),
-                " (the device of params[", i, "], where torch's fused optimizers keep `step`), got one on ",
-                s.device());
-  }
-  check_scalar_tensor(lr_tensor, "lr_tensor", p0);
-  check_scalar_tensor(grad_scale, "grad_scale", p0);
-  check_scalar_tensor(found_inf, "found_inf", p0);
   c10::cuda::CUDAGuard guard(p0.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = sm_count(p0.get_device());
