@@ -57,6 +57,26 @@ inline void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* 
               ": expected a float32 or float64 tensor, got ", t->scalar_type());
 }
 
+// Every argument of sgd_step_ (momentum buffers only when momentum != 0).
+template <bool kCuda>
+inline void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                           bool has_momentum, const std::optional<at::Tensor>& lr_tensor,
+                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const size_t n = params.size();
+  check_list_len(grads, "grads", n);
+  if (has_momentum) check_list_len(momentum_buffers, "momentum_buffers", n);
+  if (n == 0) return;
+  const at::Tensor& p0 = params[0];
+  for (size_t i = 0; i < n; ++i) {
+    check_param<kCuda>(params[i], i, p0);
+    check_like(grads[i], "grads", i, params[i]);
+    if (has_momentum) check_like(momentum_buffers[i], "momentum_buffers", i, params[i]);
+  }
+  check_scalar_tensor(lr_tensor, "lr_tensor", p0);
+  check_scalar_tensor(grad_scale, "grad_scale", p0);
+  check_scalar_tensor(found_inf, "found_inf", p0);
+}
+
 // Every argument of adam_step_ (lists, per-parameter tensors, steps, scalar
 // tensors). Steps live on the CPU for the CPU kernel and beside each param
 // (as torch's fused optimizers keep them) for the CUDA kernel.

@@ -134,11 +134,7 @@ void for_each_part(const std::vector<int64_t>& offsets, int64_t nparts, const F&
 
 // ---------------------------------------------------------------------------
 // Argument checks (torch's error types; messages name the argument).
-using optim::check_like;
-using optim::check_list_len;
-using optim::check_scalar_tensor;
 inline bool supported_dtype(at::ScalarType t) { return optim::supported_dtype<false>(t); }
-inline void check_param(const at::Tensor& p, size_t i, const at::Tensor& p0) { optim::check_param<false>(p, i, p0); }
 
 inline double scalar_value(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? *t.const_data_ptr<double>()
@@ -232,20 +228,11 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
                   double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                   bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  const size_t n = params.size();
-  check_list_len(grads, "grads", n);
   const bool has_momentum = momentum != 0.0;
-  if (has_momentum) check_list_len(momentum_buffers, "momentum_buffers", n);
+  optim::check_sgd_args<false>(params, grads, momentum_buffers, has_momentum, lr_tensor, grad_scale, found_inf);
+  const size_t n = params.size();
   if (n == 0) return;
   const at::Tensor& p0 = params[0];
-  for (size_t i = 0; i < n; ++i) {
-    check_param(params[i], i, p0);
-    check_like(grads[i], "grads", i, params[i]);
-    if (has_momentum) check_like(momentum_buffers[i], "momentum_buffers", i, params[i]);
-  }
-  check_scalar_tensor(lr_tensor, "lr_tensor", p0);
-  check_scalar_tensor(grad_scale, "grad_scale", p0);
-  check_scalar_tensor(found_inf, "found_inf", p0);
   if (skip_for_inf(found_inf)) return;
   const bool has_lr_t = lr_tensor.has_value() && lr_tensor->defined();
   const double lr_v = has_lr_t ? scalar_value(*lr_tensor) : lr;

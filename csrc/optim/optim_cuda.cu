@@ -634,14 +634,8 @@ std::vector<std::pair<TensorTable<D, N>, int>> plan(const std::vector<Entry<D>>&
 // Argument checks (torch's error types; messages name the argument), the CPU
 // kernel's checks with CUDA's device and dtype rules.
 // ===========================================================================
-using mte::optim::check_like;
-using mte::optim::check_list_len;
-using mte::optim::check_scalar_tensor;
 using mte::optim::present;
 inline bool supported_dtype(at::ScalarType t) { return mte::optim::supported_dtype<true>(t); }
-inline void check_param(const at::Tensor& p, size_t i, const at::Tensor& p0) {
-  mte::optim::check_param<true>(p, i, p0);
-}
 
 inline DevScalar dev_scalar(const std::optional<at::Tensor>& t) {
   DevScalar s;
@@ -677,20 +671,11 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
                    double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                    bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  const size_t n = params.size();
-  check_list_len(grads, "grads", n);
   const bool has_momentum = momentum != 0.0;
-  if (has_momentum) check_list_len(momentum_buffers, "momentum_buffers", n);
+  mte::optim::check_sgd_args<true>(params, grads, momentum_buffers, has_momentum, lr_tensor, grad_scale, found_inf);
+  const size_t n = params.size();
   if (n == 0) return;
   const at::Tensor& p0 = params[0];
-  for (size_t i = 0; i < n; ++i) {
-    check_param(params[i], i, p0);
-    check_like(grads[i], "grads", i, params[i]);
-    if (has_momentum) check_like(momentum_buffers[i], "momentum_buffers", i, params[i]);
-  }
-  check_scalar_tensor(lr_tensor, "lr_tensor", p0);
-  check_scalar_tensor(grad_scale, "grad_scale", p0);
-  check_scalar_tensor(found_inf, "found_inf", p0);
   c10::cuda::CUDAGuard guard(p0.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = sm_count(p0.get_device());
