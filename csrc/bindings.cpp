@@ -7,6 +7,10 @@
 
 #include "common/alloc.h"
 
+namespace mte {
+void register_optim_eager(pybind11::module& m);  // csrc/optim/optim_py.cpp
+}
+
 #ifndef MINITORCH_EXT_CPU_ISA
 #define MINITORCH_EXT_CPU_ISA "default"
 #endif
@@ -41,5 +45,6 @@ PYBIND11_MODULE(_C, m) {
         "Testing aid: fill every new floating-point kernel output with NaN before the kernel writes it");
   m.def("get_poison", []() { return mte::poison_flag().load(); });
   m.def("empty_cache", &mte::cpu_cache_release, "Release the CPU output cache; returns the bytes freed");
+  mte::register_optim_eager(m);
   m.def("cache_stats", &mte::cpu_cache_stats, "(bytes cached, hits, misses) of the CPU output cache");
 }

@@ -659,3 +659,96 @@ def test_bad_op_arguments_name_the_argument():
                                           nesterov=False, maximize=False, is_first_step=False)
     with pytest.raises(ValueError, match="norm_type"):
         torch.ops.minitorch_ext.total_norm([torch.ones(3)], 3.0)
+
+
+# ---------------------------------------------------------------------------
+# The eager entry points (minitorch_ext._C.optim_eager, csrc/optim/optim_py.cpp)
+# and the Autograd-key kernels (csrc/optim/optim_autograd.cpp).
+def _sgd_lists(n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple([torch.randn(7 + 13 * i, generator=g) for i in range(n)] for _ in range(3))
+
+
+_SGD_KW = dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, nesterov=True, maximize=False,
+               is_first_step=False)
+
+
+def test_eager_entry_point_equals_the_registered_op():
+    from minitorch_ext import _C
+
+    a, b = _sgd_lists(), _sgd_lists()
+    scale = torch.tensor(4.0)
+    _C.optim_eager.sgd_step_(*a, grad_scale=scale, **_SGD_KW)
+    torch.ops.minitorch_ext.sgd_step_(*b, grad_scale=scale, **_SGD_KW)
+    for x, y in zip(sum(a, []), sum(b, [])):
+        assert torch.equal(x, y)
+    args = _adam_args()
+    args2 = tuple([t.clone() for t in lst] for lst in args)
+    kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.1, eps=1e-8, amsgrad=True, maximize=False,
+              decoupled_weight_decay=True)
+    _C.optim_eager.adam_step_(*args, **kw)
+    torch.ops.minitorch_ext.adam_step_(*args2, **kw)
+    for x, y in zip(sum(args, []), sum(args2, [])):
+        assert torch.equal(x, y)
+    ts = [t.clone() for t in a[1]]
+    n1 = _C.optim_eager.total_norm(ts, 2.0)
+    n2 = torch.ops.minitorch_ext.total_norm(ts, 2.0)
+    assert torch.equal(n1, n2) and n1.dtype == torch.float32
+    u = [t.clone() for t in ts]
+    _C.optim_eager.clip_scale_(ts, n1, 0.5)
+    torch.ops.minitorch_ext.clip_scale_(u, n2, 0.5)
+    assert all(torch.equal(x, y) for x, y in zip(ts, u))
+
+
+def test_eager_entry_point_keeps_torchs_error_types():
+    from minitorch_ext import _C
+
+    ps, gs, bs = _sgd_lists()
+    with pytest.raises(ValueError, match="grads: expected 5 tensors"):
+        _C.optim_eager.sgd_step_(ps, gs[:4], bs, **_SGD_KW)
+    with pytest.raises(RuntimeError, match=r"momentum_buffers\[2\]: expected dtype Float"):
+        _C.optim_eager.sgd_step_(ps, gs, [b.double() if i == 2 else b for i, b in enumerate(bs)], **_SGD_KW)
+    with pytest.raises(ValueError, match="norm_type"):
+        _C.optim_eager.total_norm(gs, 3.0)
+    with pytest.raises(TypeError):
+        _C.optim_eager.sgd_step_(ps, gs, bs, lr="fast", **{k: v for k, v in _SGD_KW.items() if k != "lr"})
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_step_bumps_version_counters_like_an_inplace_op(name):
+    """A graph that saved a parameter before the step must refuse to backward
+    through the stale value afterwards, as it does after torch.optim's default path."""
+    _, O = OPTS[name]
+    w = torch.nn.Parameter(torch.randn(3))
+    x = torch.randn(3)
+    kw = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.1)
+    opt = O([w], **kw)
+    loss = (w * w * x).sum()
+    loss.backward(retain_graph=True)
+    v = w._version
+    opt.step()
+    assert w._version > v
+    st_ = opt.state[w]
+    for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
+        if key in st_:
+            assert st_[key]._version > 0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_compiled_step_takes_the_registered_op():
+    """Under torch.compile the optimizer calls torch.ops.minitorch_ext.* (the eager
+    binding is opaque to dynamo); the compiled step matches eager bitwise."""
+    ps_e = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    ps_c = [torch.nn.Parameter(p.detach().clone()) for p in ps_e]
+    oe = mte.optim.SGD(ps_e, lr=0.1, momentum=0.9)
+    oc = mte.optim.SGD(ps_c, lr=0.1, momentum=0.9)
+    step_c = torch.compile(oc.step, backend="eager", fullgraph=True)
+    for i in range(3):
+        for a, b in zip(ps_e, ps_c):
+            a.grad = torch.full_like(a, 0.5 + i)
+            b.grad = torch.full_like(b, 0.5 + i)
+        oe.step()
+        step_c()
+    for a, b in zip(ps_e, ps_c):
+        assert torch.equal(a, b)

@@ -126,4 +126,14 @@ def op(name: str, device):
     backend raises (see minitorch_ext._backend), never falls back to torch."""
     if _backend.resolve(device) == "triton":
         return getattr(torch.ops.minitorch_ext, _TRITON_NAME[name])
+    if not torch.compiler.is_compiling():
+        # Eager: the same registered op, entered through a binding that keeps the
+        # GIL while it parses the tensor lists (csrc/optim/optim_py.cpp says why).
+        return getattr(_eager(), name)
     return getattr(torch.ops.minitorch_ext, name)
+
+
+def _eager():
+    from .. import _C
+
+    return _C.optim_eager
