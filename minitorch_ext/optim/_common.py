@@ -28,8 +28,10 @@ def buckets(params: list[torch.Tensor]) -> list[list[int]]:
     Within a bucket the kernel handles mixed dtypes itself."""
     if not params:
         return []
-    d0 = params[0].device
-    if all(p.device == d0 for p in params):
+    # get_device() (an int, -1 for CPU) costs a third of `.device`, which builds
+    # a torch.device per call: this check runs over every param of every step.
+    d0 = params[0].get_device()
+    if all(p.get_device() == d0 for p in params):
         return [list(range(len(params)))]
     out: dict[torch.device, list[int]] = {}
     for i, p in enumerate(params):
