@@ -752,3 +752,89 @@ def test_compiled_step_takes_the_registered_op():
         step_c()
     for a, b in zip(ps_e, ps_c):
         assert torch.equal(a, b)
+
+
+def _group_kw(name, group):
+    if name == "SGD":
+        return dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+                    weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"])
+    b1, b2 = group["betas"]
+    return dict(lr=group["lr"], beta1=b1, beta2=b2, weight_decay=group["weight_decay"], eps=group["eps"],
+                amsgrad=group["amsgrad"], maximize=group["maximize"],
+                decoupled_weight_decay=group.get("decoupled_weight_decay", False))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_group_fast_path_declines_until_state_exists_then_matches_the_general_path(name):
+    """_C.optim_eager.*_group_step_ gathers a group in C++. It must decline (return
+    False, change nothing) on the first step, for sparse grads and for params on
+    several devices, and afterwards give exactly what the general Python path gives."""
+    from minitorch_ext import _C
+
+    _, O = OPTS[name]
+    fast = _C.optim_eager.sgd_group_step_ if name == "SGD" else _C.optim_eager.adam_group_step_
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01) if name == "SGD" else \
+        dict(lr=0.1, amsgrad=True, weight_decay=0.01)
+    mk = lambda: [torch.nn.Parameter(torch.randn(n, generator=torch.Generator().manual_seed(n))) for n in (3, 70, 5)]
+    pa, pb = mk(), mk()
+    oa, ob = O(pa, **kw), O(pb, **kw)
+    for p, q in zip(pa, pb):
+        p.grad = torch.full_like(p, 0.25)
+        q.grad = torch.full_like(q, 0.25)
+    pa[1].grad = None  # a param without a grad is skipped by both paths
+    pb[1].grad = None
+    before = [p.detach().clone() for p in pa]
+    assert fast(pa, oa.state, **_group_kw(name, oa.param_groups[0])) is False  # no state yet
+    assert all(torch.equal(p, b) for p, b in zip(pa, before)) and len(oa.state) == 0
+    oa.step()
+    ob.step()
+    for i in range(3):
+        for p, q in zip(pa, pb):
+            if p.grad is not None:
+                p.grad.fill_(0.5 - i)
+                q.grad.fill_(0.5 - i)
+        assert fast(pa, oa.state, **_group_kw(name, oa.param_groups[0])) is True
+        C_general = mte.optim._common
+        g = ob.param_groups[0]
+        orig = C_general.group_fast_path
+        C_general.group_fast_path = lambda group: None  # force the general path on `ob`
+        try:
+            ob._step_group(g, None, None)
+        finally:
+            C_general.group_fast_path = orig
+    for p, q in zip(pa, pb):
+        assert torch.equal(p, q)
+    for p, q in zip(pa, pb):
+        for k, v in oa.state[p].items():
+            assert torch.equal(v, ob.state[q][k]), k
+    # sparse grads: declined here, then the general path raises torch's error
+    pa[0].grad = torch.zeros(3).to_sparse()
+    assert fast(pa, oa.state, **_group_kw(name, oa.param_groups[0])) is False
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        oa.step()
+    # params on several devices: declined (the general path splits them by device)
+    pa[0].grad = torch.zeros(3)
+    m = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    m.grad = torch.zeros(3, device="meta")
+    oa.state[m] = {k: torch.zeros_like(m) if v.dim() else v.clone() for k, v in oa.state[pa[0]].items()}
+    assert fast(pa + [m], oa.state, **_group_kw(name, oa.param_groups[0])) is False
+
+
+def test_group_fast_path_is_what_step_uses():
+    """After the first step the optimizers step through the C++ gather (the
+    general path is not entered)."""
+    from minitorch_ext.optim import sgd as sgd_mod
+
+    ps = [torch.nn.Parameter(torch.randn(4)) for _ in range(3)]
+    opt = mte.optim.SGD(ps, lr=0.1, momentum=0.9)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    calls = []
+    orig = sgd_mod.C.buckets
+    sgd_mod.C.buckets = lambda params: calls.append(1) or orig(params)
+    try:
+        opt.step()
+    finally:
+        sgd_mod.C.buckets = orig
+    assert calls == []

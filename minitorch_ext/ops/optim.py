@@ -137,3 +137,13 @@ def _eager():
     from .. import _C
 
     return _C.optim_eager
+
+
+def eager():
+    """The eager entry points (minitorch_ext._C.optim_eager)."""
+    return _eager()
+
+
+def backend_for(device) -> str:
+    """The backend ("cpp" or "triton") the ops run with for tensors on `device`."""
+    return _backend.resolve(device)

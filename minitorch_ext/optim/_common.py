@@ -57,6 +57,19 @@ def op(name: str, device: torch.device):
     return _ops_optim.op(name, device)
 
 
+def group_fast_path(group):
+    """The eager group-step entry point (``_C.optim_eager``) when it may be tried
+    for this group: the C++ backend, eager mode, a float lr. None otherwise. The
+    entry point itself declines (returns False) whenever the general path is
+    needed, e.g. on the first step; see csrc/optim/optim_py.cpp."""
+    params = group["params"]
+    if not params or isinstance(group["lr"], torch.Tensor) or torch.compiler.is_compiling():
+        return None
+    if _ops_optim.backend_for(params[0].device) != "cpp":
+        return None
+    return _ops_optim.eager()
+
+
 def lr_args(lr, device: torch.device):
     """(lr float, lr_tensor) for the ops: a tensor lr is passed as a tensor."""
     if isinstance(lr, torch.Tensor):

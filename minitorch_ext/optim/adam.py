@@ -13,6 +13,15 @@ class _FusedAdamStep(C.FusedStep):
 
     def _step_group(self, group, grad_scale, found_inf):
         amsgrad = group["amsgrad"]
+        beta1, beta2 = group["betas"]
+        fast = C.group_fast_path(group)
+        if fast is not None and fast.adam_group_step_(
+                group["params"], self.state, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
+                weight_decay=float(group["weight_decay"]), eps=float(group["eps"]), amsgrad=bool(amsgrad),
+                maximize=bool(group["maximize"]),
+                decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), grad_scale=grad_scale,
+                found_inf=found_inf):
+            return
         params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], [], [], []
         state = self.state
         # (bound appends: this loop is the step's Python cost for many small tensors)
@@ -43,7 +52,6 @@ class _FusedAdamStep(C.FusedStep):
             add_s(st["step"])
         if not params:
             return
-        beta1, beta2 = group["betas"]
         kw = dict(beta1=float(beta1), beta2=float(beta2), weight_decay=float(group["weight_decay"]),
                   eps=float(group["eps"]), amsgrad=bool(amsgrad), maximize=bool(group["maximize"]),
                   decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)))

@@ -30,6 +30,13 @@ class SGD(C.FusedStep, torch.optim.SGD):
                          fused=fused)
 
     def _step_group(self, group, grad_scale, found_inf):
+        fast = C.group_fast_path(group)
+        if fast is not None and fast.sgd_group_step_(
+                group["params"], self.state, lr=float(group["lr"]), momentum=float(group["momentum"]),
+                dampening=float(group["dampening"]), weight_decay=float(group["weight_decay"]),
+                nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]), grad_scale=grad_scale,
+                found_inf=found_inf):
+            return
         momentum = group["momentum"]
         has_momentum = momentum != 0
         params, grads, bufs, first = [], [], [], []
