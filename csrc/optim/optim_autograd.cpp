@@ -11,38 +11,32 @@
 // released; for Python-owned tensors each drop re-takes the GIL. On a
 // 1,000-parameter group that cost more than the step's arithmetic.
 // total_norm (not in place) keeps the fallback.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
-#include <optional>
+#include "optim/optim_checks.h"
+#include "optim/optim_ops.h"
 
 namespace mte {
 namespace {
 
-using OptT = std::optional<at::Tensor>;
+using optim::OptT;
 
 void bump(at::TensorList ts) {
   for (const auto& t : ts) t.unsafeGetTensorImpl()->bump_version();
 }
 
-bool present(const OptT& t) { return t.has_value() && t->defined(); }
-
 void sgd_step_autograd(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
                        double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                        bool is_first_step, const OptT& lr_tensor, const OptT& grad_scale, const OptT& found_inf) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("minitorch_ext::sgd_step_", "")
-                             .typed<void(at::TensorList, at::TensorList, at::TensorList, double, double, double,
-                                         double, bool, bool, bool, const OptT&, const OptT&, const OptT&)>();
   {
     at::AutoDispatchBelowADInplaceOrView below;
-    op.call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
-            is_first_step, lr_tensor, grad_scale, found_inf);
+    optim::sgd_step_op().call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
+                              maximize, is_first_step, lr_tensor, grad_scale, found_inf);
   }
   bump(params);
   bump(momentum_buffers);
-  if (present(grad_scale)) bump(grads);
+  if (optim::present(grad_scale)) bump(grads);
 }
 
 void adam_step_autograd(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -50,32 +44,24 @@ void adam_step_autograd(at::TensorList params, at::TensorList grads, at::TensorL
                         double lr, double beta1, double beta2, double weight_decay, double eps, bool amsgrad,
                         bool maximize, bool decoupled_weight_decay, const OptT& lr_tensor, const OptT& grad_scale,
                         const OptT& found_inf) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("minitorch_ext::adam_step_", "")
-          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                      at::TensorList, double, double, double, double, double, bool, bool, bool, const OptT&,
-                      const OptT&, const OptT&)>();
   {
     at::AutoDispatchBelowADInplaceOrView below;
-    op.call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay,
-            eps, amsgrad, maximize, decoupled_weight_decay, lr_tensor, grad_scale, found_inf);
+    optim::adam_step_op().call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
+                               weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, lr_tensor, grad_scale,
+                               found_inf);
   }
   bump(params);
   bump(exp_avgs);
   bump(exp_avg_sqs);
   bump(max_exp_avg_sqs);
   bump(state_steps);
-  if (present(grad_scale)) bump(grads);
+  if (optim::present(grad_scale)) bump(grads);
 }
 
 void clip_scale_autograd(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("minitorch_ext::clip_scale_", "")
-                             .typed<void(at::TensorList, const at::Tensor&, double)>();
   {
     at::AutoDispatchBelowADInplaceOrView below;
-    op.call(tensors, total_norm, max_norm);
+    optim::clip_scale_op().call(tensors, total_norm, max_norm);
   }
   bump(tensors);
 }

@@ -32,7 +32,6 @@
 // but no state yet (the first step), a sparse grad, params on several devices,
 // GradScaler tensors on another device, or state that is not what the
 // optimizer wrote.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
@@ -40,35 +39,23 @@
 #include <optional>
 #include <vector>
 
+#include "optim/optim_ops.h"
+
 namespace py = pybind11;
 
 namespace mte {
 namespace {
 
 using TL = std::vector<at::Tensor>;
-using OptT = std::optional<at::Tensor>;
-
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
-using SgdSig = void(at::TensorList, at::TensorList, at::TensorList, double, double, double, double, bool, bool,
-                    bool, const OptT&, const OptT&, const OptT&);
-using AdamSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                     at::TensorList, double, double, double, double, double, bool, bool, bool, const OptT&,
-                     const OptT&, const OptT&);
-using NormSig = at::Tensor(at::TensorList, double);
-using ClipSig = void(at::TensorList, const at::Tensor&, double);
+using optim::OptT;
 
 void sgd_step(const TL& params, const TL& grads, const TL& momentum_buffers, double lr, double momentum,
               double dampening, double weight_decay, bool nesterov, bool maximize, bool is_first_step,
               const OptT& lr_tensor, const OptT& grad_scale, const OptT& found_inf) {
   HANDLE_TH_ERRORS
-  static const auto op = handle<SgdSig>("minitorch_ext::sgd_step_");
   py::gil_scoped_release no_gil;  // the lists (and their references) outlive this scope
-  op.call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
-          is_first_step, lr_tensor, grad_scale, found_inf);
+  optim::sgd_step_op().call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
+                            maximize, is_first_step, lr_tensor, grad_scale, found_inf);
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
@@ -77,26 +64,24 @@ void adam_step(const TL& params, const TL& grads, const TL& exp_avgs, const TL& 
                double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled_weight_decay,
                const OptT& lr_tensor, const OptT& grad_scale, const OptT& found_inf) {
   HANDLE_TH_ERRORS
-  static const auto op = handle<AdamSig>("minitorch_ext::adam_step_");
   py::gil_scoped_release no_gil;
-  op.call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay, eps,
-          amsgrad, maximize, decoupled_weight_decay, lr_tensor, grad_scale, found_inf);
+  optim::adam_step_op().call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
+                             weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, lr_tensor, grad_scale,
+                             found_inf);
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
 at::Tensor total_norm(const TL& tensors, double norm_type) {
   HANDLE_TH_ERRORS
-  static const auto op = handle<NormSig>("minitorch_ext::total_norm");
   py::gil_scoped_release no_gil;
-  return op.call(tensors, norm_type);
+  return optim::total_norm_op().call(tensors, norm_type);
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
 void clip_scale(const TL& tensors, const at::Tensor& total_norm, double max_norm) {
   HANDLE_TH_ERRORS
-  static const auto op = handle<ClipSig>("minitorch_ext::clip_scale_");
   py::gil_scoped_release no_gil;
-  op.call(tensors, total_norm, max_norm);
+  optim::clip_scale_op().call(tensors, total_norm, max_norm);
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
