@@ -34,6 +34,12 @@ TORCH_LIBRARY(minitorch_ext, m) {
   // lr_tensor, when given, replaces lr (torch's tensor-lr overload); with a
   // float32 lr_tensor the scalar math (lr/bc1, 1-lr*wd) is float32, as torch's
   // tensor arithmetic does it.
+  // clip_total_norm (with clip_max_norm): gradient clipping folded into the
+  // step. The kernel computes clip_grad_norm_'s coefficient from it exactly
+  // as clip_scale_ does (below) and, unless it is 1, multiplies every grad by
+  // it (after the grad_scale unscale, before anything else), rounds to the
+  // grad's dtype, writes it back and steps with that value: the result is
+  // bitwise what clip_scale_ followed by the step gives, one pass fewer.
   // momentum_buffers is empty when momentum == 0, max_exp_avg_sqs when
   // !amsgrad. Every per-parameter tensor has its param's dtype, shape and
   // strides. Float32/64 follow torch's default (single-tensor) op order,
@@ -42,12 +48,13 @@ TORCH_LIBRARY(minitorch_ext, m) {
   m.def("sgd_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, *, "
         "float lr, float momentum, float dampening, float weight_decay, bool nesterov, "
         "bool maximize, bool is_first_step, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
-        "Tensor? found_inf=None) -> ()");
+        "Tensor? found_inf=None, Tensor? clip_total_norm=None, float clip_max_norm=0.0) -> ()");
   m.def("adam_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
         "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, *, "
         "float lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
         "bool maximize, bool decoupled_weight_decay, Tensor? lr_tensor=None, "
-        "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+        "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? clip_total_norm=None, "
+        "float clip_max_norm=0.0) -> ()");
   // Gradient clipping: the global norm of a list of tensors (a 0-dim tensor,
   // float64 when any input is float64, else float32; norm_type 2.0, 1.0 or
   // inf, anything else a ValueError), and an in-place multiply of every tensor

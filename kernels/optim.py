@@ -10,7 +10,8 @@ Algorithm (the per-element arithmetic of csrc/optim/optim_cpu.cpp, which
 orders it as torch.optim's single-tensor path does; math in float32 for
 float32/float16/bfloat16 params, float64 for float64; state in the params'
 dtype):
-    SGD:   g = grad/scale (written back) (-g if maximize) (+wd*p);
+    SGD:   g = grad/scale (written back) [*clip (rounded to the grad's dtype,
+           written back)] (-g if maximize) (+wd*p);
            buf = first ? g : m*buf + (1-d)*g;  g = nesterov ? g + m*buf : buf;
            p += -lr*g
     Adam:  g as above (coupled wd for Adam; p *= 1-lr*wd for AdamW);
@@ -19,6 +20,12 @@ dtype):
     norm:  per-program partial sums of x^2 (|x|, max |x|) over fixed chunks,
            then one program adds the partials in a fixed order (deterministic).
     clip:  x *= min(1, max_norm / (total_norm + 1e-6)), computed on the device.
+    Folded clip (clip_total_norm= of the steps): the same coefficient, computed
+           by every program of the step launch; when it is not exactly 1 the
+           grad (after the unscale) is multiplied by it in the opmath type,
+           rounded to the grad's dtype and written back, exactly as a
+           clip_scale_ pass before the step leaves it, and the step goes on
+           with that rounded value. A coefficient of 1 skips it (no write).
 
 Multi-tensor launch: the tensors of one dtype are described by one int64
 "table" tensor: the base address of every tensor of every list (param, grad,
@@ -30,14 +37,18 @@ thousand 4096-element tensors: one launch of 1000 programs, not 1000
 launches). Adam adds one small prologue launch that increments every step
 and computes the per-tensor scalars (step size, sqrt(bc2), 1-lr*wd) in
 float64 into a (3, T) buffer, so nothing is read back to the host. found_inf,
-grad_scale and lr_tensor are read inside the kernels. The table is cached
-(keyed by its contents: addresses, sizes) so a training loop uploads it once;
-the float64 hyperparameters travel in a second tiny tensor, cached by value.
+grad_scale, lr_tensor and clip_total_norm are read inside the kernels. The
+table is cached (keyed by its contents: addresses, sizes) so a training loop
+uploads it once; the float64 hyperparameters travel in a second tiny tensor,
+cached by value.
 
 Memory traffic per element (4-byte params): SGD+momentum reads p, g, buf and
 writes p, buf (20 B); Adam reads p, g, m, v and writes p, m, v (28 B, +8 B
-with amsgrad, +4 B when the unscaled grad is written back); total_norm reads
-each element once (+8 B per program); clip_scale_ reads and writes it (8 B).
+with amsgrad, +4 B when the unscaled grad is written back); the folded clip
+adds one write of the grad (+4 B) when its coefficient is not 1 (none more
+with grad_scale: the unscaled, clipped grad is written once) and saves the
+separate clip_scale_ pass (8 B); total_norm reads each element once (+8 B per
+program); clip_scale_ reads and writes it (8 B).
 
 The trick: one pass over memory per step instead of torch's 5-8 (foreach=False),
 and one launch per dtype group instead of one per tensor, via the pointer
@@ -79,6 +90,7 @@ import triton.language as tl
 from . import _common
 from ._common import interpreting as _interpreting
 from ._common import launch as _launch
+from ._common import rtne_bf16 as _rtne_bf16
 from ._common import store as _store
 
 _BLOCK = 1024   # elements per inner iteration of a program
@@ -167,18 +179,66 @@ def _pow_int(base, n):
     return result
 
 
+@triton.jit
+def _round_to(x, ptrs):
+    """x rounded to the element type of `ptrs` and back to x's dtype: the
+    value a store to `ptrs` followed by a load gives (bf16 rounded to nearest
+    even under the interpreter too, as `_store` does)."""
+    if _INTERPRETER:
+        if ptrs.dtype.element_ty == tl.bfloat16:
+            x = _rtne_bf16(x.to(tl.float32))  # then the truncating conversion below is exact
+    return x.to(ptrs.dtype.element_ty).to(x.dtype)
+
+
+@triton.jit
+def _clip_coef(TotalNorm, max_norm, eps):
+    """torch.nn.utils.clip_grad_norm_'s coefficient, clamped to 1 (NaN stays
+    NaN), in the total norm's dtype: max_norm / (total_norm + eps) as torch
+    computes a Python float over a tensor, reciprocal(t) * max_norm (the CPU
+    kernel's formula). max_norm, eps: float64 scalars. Shared by
+    _clip_scale_kernel and the steps' folded clip."""
+    tn = tl.load(TotalNorm)
+    if TotalNorm.dtype.element_ty == tl.float64:
+        r = 1.0 / (tn + eps)
+        c = r * max_norm
+    else:
+        r = tl.math.div_rn(tl.full(tn.shape, 1.0, tl.float32), tn + eps.to(tl.float32))
+        c = r * max_norm.to(tl.float32)
+    return tl.where(c > 1.0, 1.0, c)
+
+
+@triton.jit
+def _unscale_clip(g_ptr, g, mask, scale, coef, clip_on, HAS_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr):
+    """The grad a step goes on with, written back as torch would leave it:
+    GradScaler's unscale_ (g / scale), then the folded clip_grad_norm_ scale
+    (grad.mul_(coef): in the opmath type, rounded to the grad's dtype). The
+    grad is written back once, after both. clip_on (c != 1) is uniform over
+    the launch; coef is c in the opmath type."""
+    if HAS_SCALE:
+        g = _div(g, scale)
+    if HAS_CLIP:
+        if clip_on:
+            g = _round_to(_mul_rn(g, coef), g_ptr)  # never contracted with what follows
+            _store(g_ptr, g, mask)
+        else:
+            if HAS_SCALE:
+                _store(g_ptr, g, mask)
+    else:
+        if HAS_SCALE:
+            _store(g_ptr, g, mask)
+    return g
+
+
 # --------------------------------------------------------------------------
 # SGD
 # --------------------------------------------------------------------------
 @triton.jit
-def _sgd_body(p_ptr, g_ptr, b_ptr, mask, scale, wd, mom, omd, neg_lr,
-              HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+def _sgd_body(p_ptr, g_ptr, b_ptr, mask, scale, coef, clip_on, wd, mom, omd, neg_lr,
+              HAS_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
               HAS_MOM: tl.constexpr, FIRST: tl.constexpr, NESTEROV: tl.constexpr):
     p = tl.load(p_ptr, mask=mask).to(scale.dtype)
     g = tl.load(g_ptr, mask=mask).to(scale.dtype)
-    if HAS_SCALE:
-        g = _div(g, scale)
-        _store(g_ptr, g, mask)  # GradScaler's unscale_, written back
+    g = _unscale_clip(g_ptr, g, mask, scale, coef, clip_on, HAS_SCALE, HAS_CLIP)  # written back
     if MAXIMIZE:
         g = -g
     if HAS_WD:
@@ -198,8 +258,8 @@ def _sgd_body(p_ptr, g_ptr, b_ptr, mask, scale, wd, mom, omd, neg_lr,
 
 
 @triton.jit
-def _sgd_kernel(Table, Hyp, Acc, Ref, LrT, GradScale, FoundInf, T, P,
-                HAS_LR_T: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+def _sgd_kernel(Table, Hyp, Acc, Ref, LrT, GradScale, FoundInf, ClipNorm, T, P,
+                HAS_LR_T: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, HAS_CLIP: tl.constexpr,
                 MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_MOM: tl.constexpr,
                 FIRST: tl.constexpr, NESTEROV: tl.constexpr, ALIGNED: tl.constexpr,
                 BLOCK: tl.constexpr, CHUNK: tl.constexpr):
@@ -215,7 +275,8 @@ def _sgd_kernel(Table, Hyp, Acc, Ref, LrT, GradScale, FoundInf, T, P,
         p_base = _ptr(Table, 0, T, t, Ref, ALIGNED)
         g_base = _ptr(Table, 1, T, t, Ref, ALIGNED)
         b_base = _ptr(Table, 2, T, t, Ref, ALIGNED)
-        # Hyp (float64): wd, momentum, 1-dampening, -lr; rounded to the opmath type.
+        # Hyp (float64): wd, momentum, 1-dampening, -lr, 1.0, clip max_norm, 1e-6;
+        # rounded to the opmath type.
         wd = _to_acc(tl.load(Hyp + 0), Acc)
         mom = _to_acc(tl.load(Hyp + 1), Acc)
         omd = _to_acc(tl.load(Hyp + 2), Acc)
@@ -227,14 +288,21 @@ def _sgd_kernel(Table, Hyp, Acc, Ref, LrT, GradScale, FoundInf, T, P,
             scale = _to_acc(tl.load(GradScale).to(tl.float32), Acc)
         else:
             scale = _to_acc(tl.load(Hyp + 4), Acc)  # 1.0, unused
+        if HAS_CLIP:  # the folded clip_grad_norm_: skipped when its coefficient is exactly 1
+            c = _clip_coef(ClipNorm, tl.load(Hyp + 5), tl.load(Hyp + 6))
+            clip_on = c != 1.0
+            coef = _to_acc(c, Acc)
+        else:
+            clip_on = False
+            coef = scale  # unused
         for s in range(0, CHUNK, BLOCK):
             offs = start + s + tl.arange(0, BLOCK)
             if start + s + BLOCK <= n:  # full block: unmasked, vectorizes
-                _sgd_body(p_base + offs, g_base + offs, b_base + offs, None, scale, wd, mom, omd, neg_lr,
-                          HAS_SCALE, MAXIMIZE, HAS_WD, HAS_MOM, FIRST, NESTEROV)
+                _sgd_body(p_base + offs, g_base + offs, b_base + offs, None, scale, coef, clip_on, wd, mom, omd,
+                          neg_lr, HAS_SCALE, HAS_CLIP, MAXIMIZE, HAS_WD, HAS_MOM, FIRST, NESTEROV)
             else:
-                _sgd_body(p_base + offs, g_base + offs, b_base + offs, offs < n, scale, wd, mom, omd, neg_lr,
-                          HAS_SCALE, MAXIMIZE, HAS_WD, HAS_MOM, FIRST, NESTEROV)
+                _sgd_body(p_base + offs, g_base + offs, b_base + offs, offs < n, scale, coef, clip_on, wd, mom,
+                          omd, neg_lr, HAS_SCALE, HAS_CLIP, MAXIMIZE, HAS_WD, HAS_MOM, FIRST, NESTEROV)
 
 
 # --------------------------------------------------------------------------
@@ -291,18 +359,16 @@ def _adam_prologue_kernel(Table, Hyp, Scal, LrT, FoundInf, T,
 
 
 @triton.jit
-def _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, mask, scale, wd, lw, lw_m1, beta2, omb2, eps,
+def _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, mask, scale, coef, clip_on, wd, lw, lw_m1, beta2, omb2, eps,
                neg_step, bc2_sqrt, decay,
-               HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, COUPLED_WD: tl.constexpr,
+               HAS_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr, COUPLED_WD: tl.constexpr,
                DECOUPLED_WD: tl.constexpr, AMSGRAD: tl.constexpr, LERP_SMALL: tl.constexpr):
     A = scale.dtype
     p = tl.load(p_ptr, mask=mask).to(A)
     g = tl.load(g_ptr, mask=mask).to(A)
     m = tl.load(m_ptr, mask=mask).to(A)
     v = tl.load(v_ptr, mask=mask).to(A)
-    if HAS_SCALE:
-        g = _div(g, scale)
-        _store(g_ptr, g, mask)
+    g = _unscale_clip(g_ptr, g, mask, scale, coef, clip_on, HAS_SCALE, HAS_CLIP)  # written back
     if MAXIMIZE:
         g = -g
     if COUPLED_WD:
@@ -332,8 +398,8 @@ def _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, mask, scale, wd, lw, lw_m1, be
 
 
 @triton.jit
-def _adam_kernel(Table, Hyp, Scal, Ref, GradScale, FoundInf, T, P,
-                 HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
+def _adam_kernel(Table, Hyp, Scal, Ref, GradScale, FoundInf, ClipNorm, T, P,
+                 HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr,
                  COUPLED_WD: tl.constexpr, DECOUPLED_WD: tl.constexpr, AMSGRAD: tl.constexpr,
                  LERP_SMALL: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     # Table rows: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 max_exp_avg_sqs,
@@ -354,7 +420,8 @@ def _adam_kernel(Table, Hyp, Scal, Ref, GradScale, FoundInf, T, P,
         neg_step = tl.load(Scal + t)
         bc2_sqrt = tl.load(Scal + T + t)
         decay = tl.load(Scal + 2 * T + t)
-        # Hyp (float64): beta1, beta2, lr, wd, eps, decay, 1-beta1, 1-beta2, 1.0
+        # Hyp (float64): beta1, beta2, lr, wd, eps, decay, 1-beta1, 1-beta2, 1.0,
+        # clip max_norm, 1e-6
         wd = _to_acc(tl.load(Hyp + 3), Scal)
         eps = _to_acc(tl.load(Hyp + 4), Scal)
         lw = _to_acc(tl.load(Hyp + 6), Scal)
@@ -365,16 +432,23 @@ def _adam_kernel(Table, Hyp, Scal, Ref, GradScale, FoundInf, T, P,
             scale = _to_acc(tl.load(GradScale).to(tl.float32), Scal)
         else:
             scale = _to_acc(tl.load(Hyp + 8), Scal)  # 1.0, unused
+        if HAS_CLIP:  # the folded clip_grad_norm_: skipped when its coefficient is exactly 1
+            c = _clip_coef(ClipNorm, tl.load(Hyp + 9), tl.load(Hyp + 10))
+            clip_on = c != 1.0
+            coef = _to_acc(c, Scal)
+        else:
+            clip_on = False
+            coef = scale  # unused
         for s in range(0, CHUNK, BLOCK):
             offs = start + s + tl.arange(0, BLOCK)
             if start + s + BLOCK <= n:  # full block: unmasked, vectorizes
                 _adam_body(p_base + offs, g_base + offs, m_base + offs, v_base + offs, x_base + offs, None,
-                           scale, wd, lw, lw_m1, beta2, omb2, eps, neg_step, bc2_sqrt, decay,
-                           HAS_SCALE, MAXIMIZE, COUPLED_WD, DECOUPLED_WD, AMSGRAD, LERP_SMALL)
+                           scale, coef, clip_on, wd, lw, lw_m1, beta2, omb2, eps, neg_step, bc2_sqrt, decay,
+                           HAS_SCALE, HAS_CLIP, MAXIMIZE, COUPLED_WD, DECOUPLED_WD, AMSGRAD, LERP_SMALL)
             else:
                 _adam_body(p_base + offs, g_base + offs, m_base + offs, v_base + offs, x_base + offs, offs < n,
-                           scale, wd, lw, lw_m1, beta2, omb2, eps, neg_step, bc2_sqrt, decay,
-                           HAS_SCALE, MAXIMIZE, COUPLED_WD, DECOUPLED_WD, AMSGRAD, LERP_SMALL)
+                           scale, coef, clip_on, wd, lw, lw_m1, beta2, omb2, eps, neg_step, bc2_sqrt, decay,
+                           HAS_SCALE, HAS_CLIP, MAXIMIZE, COUPLED_WD, DECOUPLED_WD, AMSGRAD, LERP_SMALL)
 
 
 # --------------------------------------------------------------------------
@@ -441,14 +515,7 @@ def _clip_scale_kernel(Table, Hyp, Ref, Acc, TotalNorm, T, P, ALIGNED: tl.conste
     # torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to 1; x.mul_(coef);
     # the CPU kernel's formula, in the total norm's dtype. Hyp (float64): max_norm, 1e-6.
     pid = tl.program_id(0)
-    tn = tl.load(TotalNorm)
-    if TotalNorm.dtype.element_ty == tl.float64:
-        r = 1.0 / (tn + tl.load(Hyp + 1))
-        c = r * tl.load(Hyp + 0)
-    else:
-        r = tl.math.div_rn(tl.full(tn.shape, 1.0, tl.float32), tn + tl.load(Hyp + 1).to(tl.float32))
-        c = r * tl.load(Hyp + 0).to(tl.float32)
-    c = tl.where(c > 1.0, 1.0, c)
+    c = _clip_coef(TotalNorm, tl.load(Hyp + 0), tl.load(Hyp + 1))
     if c != 1.0:  # multiplying by exactly 1 changes nothing
         coef = c.to(Acc.dtype.element_ty)
         t = tl.load(Table + 2 * T + pid)
@@ -600,7 +667,8 @@ def _addr(t):
 
 
 def sgd_step_(params, grads, momentum_buffers, *, lr, momentum, dampening, weight_decay, nesterov, maximize,
-              is_first_step, lr_tensor=None, grad_scale=None, found_inf=None):
+              is_first_step, lr_tensor=None, grad_scale=None, found_inf=None, clip_total_norm=None,
+              clip_max_norm=0.0):
     n = len(params)
     _check_list_len(grads, "grads", n)
     has_mom = momentum != 0.0
@@ -617,9 +685,10 @@ def sgd_step_(params, grads, momentum_buffers, *, lr, momentum, dampening, weigh
     _check_scalar(lr_tensor, "lr_tensor", p0)
     _check_scalar(grad_scale, "grad_scale", p0)
     _check_scalar(found_inf, "found_inf", p0)
+    _check_scalar(clip_total_norm, "clip_total_norm", p0)
     dev = p0.device
-    hyp = _to_device([float(weight_decay), float(momentum), 1.0 - float(dampening), -float(lr), 1.0],
-                     torch.float64, dev)
+    hyp = _to_device([float(weight_decay), float(momentum), 1.0 - float(dampening), -float(lr), 1.0,
+                      float(clip_max_norm), 1e-6], torch.float64, dev)
     for dtype, idx in _groups(params):
         rows = [[_addr(params[i]) for i in idx], [_addr(grads[i]) for i in idx],
                 [_addr(momentum_buffers[i]) if has_mom else 0 for i in idx]]
@@ -632,8 +701,10 @@ def sgd_step_(params, grads, momentum_buffers, *, lr, momentum, dampening, weigh
             lr_tensor if lr_tensor is not None else hyp,  # unused slots: any tensor, never read
             grad_scale if grad_scale is not None else hyp,
             found_inf if found_inf is not None else hyp,
+            clip_total_norm if clip_total_norm is not None else hyp,
             T, P,
             HAS_LR_T=lr_tensor is not None, HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
+            HAS_CLIP=clip_total_norm is not None,
             MAXIMIZE=bool(maximize), HAS_WD=weight_decay != 0.0, HAS_MOM=has_mom,
             FIRST=bool(is_first_step), NESTEROV=bool(nesterov), ALIGNED=_aligned(rows),
             BLOCK=_BLOCK, CHUNK=_CHUNK, num_warps=_NUM_WARPS,
@@ -642,7 +713,7 @@ def sgd_step_(params, grads, momentum_buffers, *, lr, momentum, dampening, weigh
 
 def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1, beta2,
                weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, lr_tensor=None, grad_scale=None,
-               found_inf=None):
+               found_inf=None, clip_total_norm=None, clip_max_norm=0.0):
     n = len(params)
     _check_list_len(grads, "grads", n)
     _check_list_len(exp_avgs, "exp_avgs", n)
@@ -670,10 +741,11 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
     _check_scalar(lr_tensor, "lr_tensor", p0)
     _check_scalar(grad_scale, "grad_scale", p0)
     _check_scalar(found_inf, "found_inf", p0)
+    _check_scalar(clip_total_norm, "clip_total_norm", p0)
     dev = p0.device
     lr, beta1, beta2, wd, eps = float(lr), float(beta1), float(beta2), float(weight_decay), float(eps)
-    hyp = _to_device([beta1, beta2, lr, wd, eps, 1.0 - lr * wd, 1.0 - beta1, 1.0 - beta2, 1.0],
-                     torch.float64, dev)
+    hyp = _to_device([beta1, beta2, lr, wd, eps, 1.0 - lr * wd, 1.0 - beta1, 1.0 - beta2, 1.0,
+                      float(clip_max_norm), 1e-6], torch.float64, dev)
     lr_mode = 0 if lr_tensor is None else (1 if lr_tensor.dtype == torch.float32 else 2)
     for dtype, idx in _groups(params):
         acc_dt = _acc_dtype(dtype)
@@ -696,8 +768,10 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
             table, hyp, scal, params[idx[0]],
             grad_scale if grad_scale is not None else hyp,
             found_inf if found_inf is not None else hyp,
+            clip_total_norm if clip_total_norm is not None else hyp,
             T, P,
-            HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None, MAXIMIZE=bool(maximize),
+            HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None, HAS_CLIP=clip_total_norm is not None,
+            MAXIMIZE=bool(maximize),
             COUPLED_WD=wd != 0.0 and not decoupled_weight_decay, DECOUPLED_WD=wd != 0.0 and bool(decoupled_weight_decay),
             AMSGRAD=bool(amsgrad), LERP_SMALL=abs(lw) < 0.5, ALIGNED=_aligned(rows),
             BLOCK=_BLOCK, CHUNK=_CHUNK, num_warps=_NUM_WARPS,

@@ -28,34 +28,36 @@ void bump(at::TensorList ts) {
 
 void sgd_step_autograd(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
                        double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-                       bool is_first_step, const OptT& lr_tensor, const OptT& grad_scale, const OptT& found_inf) {
+                       bool is_first_step, const OptT& lr_tensor, const OptT& grad_scale, const OptT& found_inf,
+                       const OptT& clip_total_norm, double clip_max_norm) {
   {
     at::AutoDispatchBelowADInplaceOrView below;
     optim::sgd_step_op().call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
-                              maximize, is_first_step, lr_tensor, grad_scale, found_inf);
+                              maximize, is_first_step, lr_tensor, grad_scale, found_inf, clip_total_norm,
+                              clip_max_norm);
   }
   bump(params);
   bump(momentum_buffers);
-  if (optim::present(grad_scale)) bump(grads);
+  if (optim::present(grad_scale) || optim::present(clip_total_norm)) bump(grads);
 }
 
 void adam_step_autograd(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                         at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
                         double lr, double beta1, double beta2, double weight_decay, double eps, bool amsgrad,
                         bool maximize, bool decoupled_weight_decay, const OptT& lr_tensor, const OptT& grad_scale,
-                        const OptT& found_inf) {
+                        const OptT& found_inf, const OptT& clip_total_norm, double clip_max_norm) {
   {
     at::AutoDispatchBelowADInplaceOrView below;
     optim::adam_step_op().call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
                                weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, lr_tensor, grad_scale,
-                               found_inf);
+                               found_inf, clip_total_norm, clip_max_norm);
   }
   bump(params);
   bump(exp_avgs);
   bump(exp_avg_sqs);
   bump(max_exp_avg_sqs);
   bump(state_steps);
-  if (optim::present(grad_scale)) bump(grads);
+  if (optim::present(grad_scale) || optim::present(clip_total_norm)) bump(grads);
 }
 
 void clip_scale_autograd(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {

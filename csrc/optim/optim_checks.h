@@ -61,7 +61,8 @@ inline void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* 
 template <bool kCuda>
 inline void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                            bool has_momentum, const std::optional<at::Tensor>& lr_tensor,
-                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                           const std::optional<at::Tensor>& clip_total_norm = std::nullopt) {
   const size_t n = params.size();
   check_list_len(grads, "grads", n);
   if (has_momentum) check_list_len(momentum_buffers, "momentum_buffers", n);
@@ -75,6 +76,7 @@ inline void check_sgd_args(at::TensorList params, at::TensorList grads, at::Tens
   check_scalar_tensor(lr_tensor, "lr_tensor", p0);
   check_scalar_tensor(grad_scale, "grad_scale", p0);
   check_scalar_tensor(found_inf, "found_inf", p0);
+  check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
 }
 
 // Every argument of adam_step_ (lists, per-parameter tensors, steps, scalar
@@ -85,7 +87,8 @@ inline void check_adam_args(at::TensorList params, at::TensorList grads, at::Ten
                             at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
                             at::TensorList state_steps, bool amsgrad, const std::optional<at::Tensor>& lr_tensor,
                             const std::optional<at::Tensor>& grad_scale,
-                            const std::optional<at::Tensor>& found_inf) {
+                            const std::optional<at::Tensor>& found_inf,
+                            const std::optional<at::Tensor>& clip_total_norm = std::nullopt) {
   const size_t n = params.size();
   check_list_len(grads, "grads", n);
   check_list_len(exp_avgs, "exp_avgs", n);
@@ -115,6 +118,7 @@ inline void check_adam_args(at::TensorList params, at::TensorList grads, at::Ten
   check_scalar_tensor(lr_tensor, "lr_tensor", p0);
   check_scalar_tensor(grad_scale, "grad_scale", p0);
   check_scalar_tensor(found_inf, "found_inf", p0);
+  check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
 }
 
 }  // namespace mte::optim

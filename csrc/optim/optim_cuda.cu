@@ -5,7 +5,8 @@
 // orders it as torch.optim's single-tensor path does; math in float32 for
 // float32/float16/bfloat16, in double for float64; state kept in the
 // parameter's dtype):
-//   SGD:   g = grad/scale (written back) (-g if maximize) (+wd*p);
+//   SGD:   g = grad/scale (written back) [*clip (rounded to the grad's dtype,
+//          written back)] (-g if maximize) (+wd*p);
 //          buf = first ? g : m*buf + (1-d)*g;  g = nesterov ? g + m*buf : buf;
 //          p += -lr*g
 //   Adam:  g as above (coupled wd for Adam; p *= 1-lr*wd for AdamW);
@@ -14,6 +15,13 @@
 //   norm:  per-block partial sums of x^2 (|x|, max |x|), then one block adds
 //          the partials in a fixed order (deterministic), sqrt for norm 2.
 //   clip:  x *= min(1, max_norm / (total_norm + 1e-6)), read on the device.
+//   Folded clip (clip_total_norm of the steps): the same coefficient (one
+//          __device__ function, clip_coef), computed by every block of the
+//          step launch; when it is not exactly 1 the grad (after the unscale)
+//          is multiplied by it in the opmath type, rounded to the grad's
+//          dtype and written back, exactly as a clip_scale_ launch before the
+//          step leaves it, and the step goes on with that rounded value.
+//          A coefficient of 1 skips it (no multiply, no write).
 //
 // Launch shape (multi_tensor_apply style). A group's tensors (one dtype per
 // launch) are packed, up to 60 (Adam), 100 (SGD) or 160 (norm, clip) at a
@@ -35,15 +43,19 @@
 // by a small prologue launch (one thread per step) before the update launch;
 // in the update launch thread 0 of each block reads its tensor's new step and
 // computes the bias corrections (double, as Python does) into shared memory.
-// grad_scale, found_inf and lr_tensor are read inside the kernels: no host
-// synchronisation anywhere. A non-zero found_inf makes every launch return
-// before it touches anything (no param, state, grad or step changes).
+// grad_scale, found_inf, lr_tensor and clip_total_norm are read inside the
+// kernels: no host synchronisation anywhere. A non-zero found_inf makes every
+// launch return before it touches anything (no param, state, grad or step
+// changes; no clip either).
 //
 // Memory traffic per element (4-byte params): SGD+momentum reads p, g, buf and
 // writes p, buf (20 B); Adam reads p, g, m, v and writes p, m, v (28 B, +8 B
-// with amsgrad, +4 B when the unscaled grad is written back); total_norm
-// reads each element once (4 B) plus 8 B of partial per block; clip_scale_
-// reads and writes (8 B). That is the minimum for an in-place update.
+// with amsgrad, +4 B when the unscaled grad is written back); the folded clip
+// adds one write of the grad (+4 B) when its coefficient is not 1 (none more
+// with grad_scale: the unscaled, clipped grad is written once) and saves the
+// separate clip_scale_ pass (8 B); total_norm reads each element once (4 B)
+// plus 8 B of partial per block; clip_scale_ reads and writes (8 B). That is
+// the minimum for an in-place update.
 //
 // What makes it fast: one pass over HBM per step instead of torch's 5-8
 // per-op passes (foreach=False), one launch for up to 60-160 tensors instead
@@ -194,6 +206,23 @@ __device__ __forceinline__ bool skip_for_inf(const DevScalar& found_inf) {
   return found_inf.present() && found_inf.get() != 0.0;
 }
 
+// torch.nn.utils.clip_grad_norm_'s coefficient: clip_coef = max_norm /
+// (total_norm + 1e-6) (a Python float divided by a tensor is reciprocal(t) *
+// max_norm), clamped to 1 (NaN stays NaN); the CPU kernel's exact formula, in
+// the total norm's dtype. Returned as double (exact for a float32 total norm);
+// the caller rounds it to its opmath type with ieee::to<A>. Used by
+// clip_scale_kernel and by the steps' folded clip.
+__device__ __forceinline__ double clip_coef(const DevScalar& total_norm, double max_norm) {
+  if (total_norm.f64) {
+    const double r = ieee::div(1.0, ieee::add(*static_cast<const double*>(total_norm.ptr), 1e-6));
+    const double c = ieee::mul(r, max_norm);
+    return c > 1.0 ? 1.0 : c;
+  }
+  const float r = ieee::div(1.0f, ieee::add(*static_cast<const float*>(total_norm.ptr), ieee::to_f32(1e-6)));
+  const float c = ieee::mul(r, ieee::to_f32(max_norm));
+  return c > 1.0f ? 1.0 : ieee::to_f64(c);
+}
+
 // ---------------------------------------------------------------------------
 // The tensor table: D pointer lists for up to N tensors, passed by value.
 template <int D, int N>
@@ -277,12 +306,39 @@ __device__ __forceinline__ void store_n(T* p, int64_t i, int cnt, bool vec, cons
   }
 }
 
+// x rounded to the storage type T and back: what store_n then load_n give
+// (the same conversions). A no-op for float and double.
+template <typename T, typename A>
+__device__ __forceinline__ A round_to(A x) {
+  return static_cast<A>(static_cast<T>(x));
+}
+
+// The folded clip of a step launch: `on` when clip_total_norm was given and
+// its coefficient is not exactly 1; `coef` is then the coefficient in the
+// opmath type A.
+template <typename A>
+struct StepClip {
+  bool on = false;
+  A coef = A(1);
+};
+
+template <typename A>
+__device__ __forceinline__ StepClip<A> step_clip(const DevScalar& total_norm, double max_norm) {
+  StepClip<A> s;
+  if (total_norm.present()) {
+    const double c = clip_coef(total_norm, max_norm);
+    s.on = !(c == 1.0);  // multiplying by 1 changes nothing: skipped, no write-back
+    s.coef = ieee::to<A>(c);
+  }
+  return s;
+}
+
 // ===========================================================================
 // SGD
 // ===========================================================================
 struct SgdArgs {
-  double lr, momentum, dampening, weight_decay;
-  DevScalar lr_t, scale, found_inf;
+  double lr, momentum, dampening, weight_decay, clip_max_norm;
+  DevScalar lr_t, scale, found_inf, clip;  // clip: clip_total_norm
   bool has_momentum, nesterov, maximize, first;
 };
 
@@ -301,6 +357,7 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(const __grid_constant__ S
   const A mom = ieee::to<A>(a.momentum);
   const A one_minus_damp = ieee::to<A>(ieee::sub(1.0, a.dampening));
   const A neg_lr = ieee::to<A>(-(a.lr_t.present() ? a.lr_t.get() : a.lr));  // double negation: exact
+  const StepClip<A> clip = step_clip<A>(a.clip, a.clip_max_norm);
   const bool has_wd = a.weight_decay != 0.0;
   const bool load_buf = a.has_momentum && !a.first;
   const bool vec = aligned<T>(p) && aligned<T>(g) && (b == nullptr || aligned<T>(b));
@@ -313,9 +370,13 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(const __grid_constant__ S
     if (load_buf) load_n(b, i, cnt, vec, B);
     if (has_scale) {
 #pragma unroll
-      for (int k = 0; k < kILP; ++k) G[k] = ieee::div(G[k], scale);
-      store_n(g, i, cnt, vec, G);  // GradScaler's unscale_, written back
+      for (int k = 0; k < kILP; ++k) G[k] = ieee::div(G[k], scale);  // GradScaler's unscale_
     }
+    if (clip.on) {
+#pragma unroll
+      for (int k = 0; k < kILP; ++k) G[k] = round_to<T>(ieee::mul(G[k], clip.coef));  // grad.mul_(clip_coef)
+    }
+    if (has_scale || clip.on) store_n(g, i, cnt, vec, G);  // the grad written back, once
 #pragma unroll
     for (int k = 0; k < kILP; ++k) {
       A gk = G[k];
@@ -340,8 +401,8 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(const __grid_constant__ S
 // Adam / AdamW
 // ===========================================================================
 struct AdamArgs {
-  double lr, beta1, beta2, weight_decay, eps;
-  DevScalar lr_t, scale, found_inf;
+  double lr, beta1, beta2, weight_decay, eps, clip_max_norm;
+  DevScalar lr_t, scale, found_inf, clip;  // clip: clip_total_norm
   bool amsgrad, maximize, coupled_wd, decoupled_wd;
 };
 
@@ -412,6 +473,7 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(const __grid_constant__ 
   const A beta2 = ieee::to<A>(a.beta2);
   const A one_minus_beta2 = ieee::to<A>(ieee::sub(1.0, a.beta2));
   const A eps = ieee::to<A>(a.eps);
+  const StepClip<A> clip = step_clip<A>(a.clip, a.clip_max_norm);
   const bool vec = aligned<T>(p) && aligned<T>(g) && aligned<T>(m) && aligned<T>(v) &&
                    (vmax == nullptr || aligned<T>(vmax));
 
@@ -425,9 +487,13 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(const __grid_constant__ 
     if (a.amsgrad) load_n(vmax, i, cnt, vec, X);
     if (has_scale) {
 #pragma unroll
-      for (int k = 0; k < kILP; ++k) G[k] = ieee::div(G[k], scale);
-      store_n(g, i, cnt, vec, G);
+      for (int k = 0; k < kILP; ++k) G[k] = ieee::div(G[k], scale);  // GradScaler's unscale_
     }
+    if (clip.on) {
+#pragma unroll
+      for (int k = 0; k < kILP; ++k) G[k] = round_to<T>(ieee::mul(G[k], clip.coef));  // grad.mul_(clip_coef)
+    }
+    if (has_scale || clip.on) store_n(g, i, cnt, vec, G);  // the grad written back, once
 #pragma unroll
     for (int k = 0; k < kILP; ++k) {
       A gk = G[k];
@@ -532,27 +598,14 @@ struct ClipArgs {
   double max_norm;
 };
 
-// torch: clip_coef = max_norm / (total_norm + 1e-6) (a Python float divided by
-// a tensor is reciprocal(t) * max_norm), clamped to 1, then x.mul_(coef);
-// the CPU kernel's exact formula, in the total norm's dtype.
+// torch: x.mul_(clip_coef) with clip_grad_norm_'s coefficient (clip_coef above).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) clip_scale_kernel(const __grid_constant__ UnaryTable tab,
                                                               const ClipArgs a) {
   using A = at::opmath_type<T>;
-  A coef;
-  if (a.total_norm.f64) {
-    const double r = ieee::div(1.0, ieee::add(*static_cast<const double*>(a.total_norm.ptr), 1e-6));
-    double c = ieee::mul(r, a.max_norm);
-    if (c > 1.0) c = 1.0;
-    if (c == 1.0) return;  // multiplying by 1 changes nothing
-    coef = ieee::to<A>(c);
-  } else {
-    const float r = ieee::div(1.0f, ieee::add(*static_cast<const float*>(a.total_norm.ptr), ieee::to_f32(1e-6)));
-    float c = ieee::mul(r, ieee::to_f32(a.max_norm));
-    if (c > 1.0f) c = 1.0f;
-    if (c == 1.0f) return;
-    coef = static_cast<A>(c);  // float -> A: exact
-  }
+  const double c = clip_coef(a.total_norm, a.max_norm);
+  if (c == 1.0) return;  // multiplying by 1 changes nothing
+  const A coef = ieee::to<A>(c);
   const auto w = locate(tab);
   T* x = static_cast<T*>(tab.ptr[0][w.t]) + w.start;
   const bool vec = aligned<T>(x);
@@ -670,9 +723,11 @@ std::vector<std::pair<at::ScalarType, std::vector<size_t>>> group_by_dtype(at::T
 void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
                    double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                    bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
-                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                   const std::optional<at::Tensor>& clip_total_norm, double clip_max_norm) {
   const bool has_momentum = momentum != 0.0;
-  mte::optim::check_sgd_args<true>(params, grads, momentum_buffers, has_momentum, lr_tensor, grad_scale, found_inf);
+  mte::optim::check_sgd_args<true>(params, grads, momentum_buffers, has_momentum, lr_tensor, grad_scale, found_inf,
+                                   clip_total_norm);
   const size_t n = params.size();
   if (n == 0) return;
   const at::Tensor& p0 = params[0];
@@ -685,9 +740,11 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
   a.momentum = momentum;
   a.dampening = dampening;
   a.weight_decay = weight_decay;
+  a.clip_max_norm = clip_max_norm;
   a.lr_t = dev_scalar(lr_tensor);
   a.scale = dev_scalar(grad_scale);
   a.found_inf = dev_scalar(found_inf);
+  a.clip = dev_scalar(clip_total_norm);
   a.has_momentum = has_momentum;
   a.nesterov = nesterov;
   a.maximize = maximize;
@@ -718,9 +775,10 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                     at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
                     double lr, double beta1, double beta2, double weight_decay, double eps, bool amsgrad,
                     bool maximize, bool decoupled_weight_decay, const std::optional<at::Tensor>& lr_tensor,
-                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    const std::optional<at::Tensor>& clip_total_norm, double clip_max_norm) {
   mte::optim::check_adam_args<true>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
-                                    lr_tensor, grad_scale, found_inf);
+                                    lr_tensor, grad_scale, found_inf, clip_total_norm);
   const size_t n = params.size();
   if (n == 0) return;
   const at::Tensor& p0 = params[0];
@@ -748,9 +806,11 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   a.beta2 = beta2;
   a.weight_decay = weight_decay;
   a.eps = eps;
+  a.clip_max_norm = clip_max_norm;
   a.lr_t = dev_scalar(lr_tensor);
   a.scale = dev_scalar(grad_scale);
   a.found_inf = inf;
+  a.clip = dev_scalar(clip_total_norm);
   a.amsgrad = amsgrad;
   a.maximize = maximize;
   a.coupled_wd = weight_decay != 0.0 && !decoupled_weight_decay;

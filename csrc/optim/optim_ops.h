@@ -11,10 +11,10 @@ namespace mte::optim {
 
 using OptT = std::optional<at::Tensor>;
 using SgdStepSig = void(at::TensorList, at::TensorList, at::TensorList, double, double, double, double, bool, bool,
-                        bool, const OptT&, const OptT&, const OptT&);
+                        bool, const OptT&, const OptT&, const OptT&, const OptT&, double);
 using AdamStepSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
                          at::TensorList, double, double, double, double, double, bool, bool, bool, const OptT&,
-                         const OptT&, const OptT&);
+                         const OptT&, const OptT&, const OptT&, double);
 using TotalNormSig = at::Tensor(at::TensorList, double);
 using ClipScaleSig = void(at::TensorList, const at::Tensor&, double);
 

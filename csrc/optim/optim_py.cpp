@@ -51,23 +51,26 @@ using optim::OptT;
 
 void sgd_step(const TL& params, const TL& grads, const TL& momentum_buffers, double lr, double momentum,
               double dampening, double weight_decay, bool nesterov, bool maximize, bool is_first_step,
-              const OptT& lr_tensor, const OptT& grad_scale, const OptT& found_inf) {
+              const OptT& lr_tensor, const OptT& grad_scale, const OptT& found_inf, const OptT& clip_total_norm,
+              double clip_max_norm) {
   HANDLE_TH_ERRORS
   py::gil_scoped_release no_gil;  // the lists (and their references) outlive this scope
   optim::sgd_step_op().call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
-                            maximize, is_first_step, lr_tensor, grad_scale, found_inf);
+                            maximize, is_first_step, lr_tensor, grad_scale, found_inf, clip_total_norm,
+                            clip_max_norm);
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
 void adam_step(const TL& params, const TL& grads, const TL& exp_avgs, const TL& exp_avg_sqs,
                const TL& max_exp_avg_sqs, const TL& state_steps, double lr, double beta1, double beta2,
                double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled_weight_decay,
-               const OptT& lr_tensor, const OptT& grad_scale, const OptT& found_inf) {
+               const OptT& lr_tensor, const OptT& grad_scale, const OptT& found_inf, const OptT& clip_total_norm,
+               double clip_max_norm) {
   HANDLE_TH_ERRORS
   py::gil_scoped_release no_gil;
   optim::adam_step_op().call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
                              weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, lr_tensor, grad_scale,
-                             found_inf);
+                             found_inf, clip_total_norm, clip_max_norm);
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
@@ -137,7 +140,7 @@ bool gather(const py::list& group_params, const py::dict& state, const std::vect
 
 bool sgd_group_step(const py::list& group_params, const py::dict& state, double lr, double momentum,
                     double dampening, double weight_decay, bool nesterov, bool maximize, const OptT& grad_scale,
-                    const OptT& found_inf) {
+                    const OptT& found_inf, const OptT& clip_total_norm, double clip_max_norm) {
   HANDLE_TH_ERRORS
   TL params, grads;
   std::vector<TL> st;
@@ -147,16 +150,19 @@ bool sgd_group_step(const py::list& group_params, const py::dict& state, double 
   if (!gather(group_params, state, keys, params, grads, st)) return false;
   if (params.empty()) return true;
   const auto dev = params[0].device();
-  if (!same_device(grad_scale, dev) || !same_device(found_inf, dev)) return false;
+  if (!same_device(grad_scale, dev) || !same_device(found_inf, dev) || !same_device(clip_total_norm, dev)) {
+    return false;
+  }
   sgd_step(params, grads, has_momentum ? st[0] : TL{}, lr, momentum, dampening, weight_decay, nesterov, maximize,
-           /*is_first_step=*/false, std::nullopt, grad_scale, found_inf);
+           /*is_first_step=*/false, std::nullopt, grad_scale, found_inf, clip_total_norm, clip_max_norm);
   return true;
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
 bool adam_group_step(const py::list& group_params, const py::dict& state, double lr, double beta1, double beta2,
                      double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled_weight_decay,
-                     const OptT& grad_scale, const OptT& found_inf) {
+                     const OptT& grad_scale, const OptT& found_inf, const OptT& clip_total_norm,
+                     double clip_max_norm) {
   HANDLE_TH_ERRORS
   TL params, grads;
   std::vector<TL> st;
@@ -165,9 +171,12 @@ bool adam_group_step(const py::list& group_params, const py::dict& state, double
   if (!gather(group_params, state, keys, params, grads, st)) return false;
   if (params.empty()) return true;
   const auto dev = params[0].device();
-  if (!same_device(grad_scale, dev) || !same_device(found_inf, dev)) return false;
+  if (!same_device(grad_scale, dev) || !same_device(found_inf, dev) || !same_device(clip_total_norm, dev)) {
+    return false;
+  }
   adam_step(params, grads, st[0], st[1], amsgrad ? st[3] : TL{}, st[2], lr, beta1, beta2, weight_decay, eps,
-            amsgrad, maximize, decoupled_weight_decay, std::nullopt, grad_scale, found_inf);
+            amsgrad, maximize, decoupled_weight_decay, std::nullopt, grad_scale, found_inf, clip_total_norm,
+            clip_max_norm);
   return true;
   END_HANDLE_TH_ERRORS_PYBIND
 }
@@ -179,19 +188,21 @@ void register_optim_eager(py::module& m) {
   e.def("sgd_step_", &sgd_step, py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::kw_only(),
         py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
         py::arg("maximize"), py::arg("is_first_step"), py::arg("lr_tensor") = py::none(),
-        py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none());
+        py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none(),
+        py::arg("clip_total_norm") = py::none(), py::arg("clip_max_norm") = 0.0);
   e.def("adam_step_", &adam_step, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
         py::arg("max_exp_avg_sqs"), py::arg("state_steps"), py::kw_only(), py::arg("lr"), py::arg("beta1"),
         py::arg("beta2"), py::arg("weight_decay"), py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"),
         py::arg("decoupled_weight_decay"), py::arg("lr_tensor") = py::none(), py::arg("grad_scale") = py::none(),
-        py::arg("found_inf") = py::none());
+        py::arg("found_inf") = py::none(), py::arg("clip_total_norm") = py::none(), py::arg("clip_max_norm") = 0.0);
   e.def("sgd_group_step_", &sgd_group_step, py::arg("params"), py::arg("state"), py::kw_only(), py::arg("lr"),
         py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
-        py::arg("maximize"), py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none());
+        py::arg("maximize"), py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none(),
+        py::arg("clip_total_norm") = py::none(), py::arg("clip_max_norm") = 0.0);
   e.def("adam_group_step_", &adam_group_step, py::arg("params"), py::arg("state"), py::kw_only(), py::arg("lr"),
         py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"), py::arg("eps"), py::arg("amsgrad"),
         py::arg("maximize"), py::arg("decoupled_weight_decay"), py::arg("grad_scale") = py::none(),
-        py::arg("found_inf") = py::none());
+        py::arg("found_inf") = py::none(), py::arg("clip_total_norm") = py::none(), py::arg("clip_max_norm") = 0.0);
   e.def("total_norm", &total_norm, py::arg("tensors"), py::arg("norm_type"));
   e.def("clip_scale_", &clip_scale, py::arg("tensors"), py::arg("total_norm"), py::arg("max_norm"));
 }

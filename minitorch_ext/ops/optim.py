@@ -26,7 +26,8 @@ def _check_lists(params, *others):
 
 @torch.library.register_fake(f"{_lib}::sgd_step_")
 def _sgd_step_fake(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
-                   maximize, is_first_step, lr_tensor=None, grad_scale=None, found_inf=None):
+                   maximize, is_first_step, lr_tensor=None, grad_scale=None, found_inf=None, clip_total_norm=None,
+                   clip_max_norm=0.0):
     _check_lists(params, ("grads", grads), ("momentum_buffers", momentum_buffers))
     return None
 
@@ -34,7 +35,7 @@ def _sgd_step_fake(params, grads, momentum_buffers, lr, momentum, dampening, wei
 @torch.library.register_fake(f"{_lib}::adam_step_")
 def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
                     weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, lr_tensor=None,
-                    grad_scale=None, found_inf=None):
+                    grad_scale=None, found_inf=None, clip_total_norm=None, clip_max_norm=0.0):
     _check_lists(params, ("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs),
                  ("max_exp_avg_sqs", max_exp_avg_sqs), ("state_steps", state_steps))
     return None
@@ -72,12 +73,14 @@ from torch import Tensor  # noqa: E402
 def _sgd_step_triton(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[Tensor], lr: float,
                      momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
                      is_first_step: bool, lr_tensor: Optional[Tensor] = None, grad_scale: Optional[Tensor] = None,
-                     found_inf: Optional[Tensor] = None) -> None:
+                     found_inf: Optional[Tensor] = None, clip_total_norm: Optional[Tensor] = None,
+                     clip_max_norm: float = 0.0) -> None:
     from minitorch_ext.kernels import optim as K
 
     K.sgd_step_(params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening,
                 weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, is_first_step=is_first_step,
-                lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf)
+                lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf, clip_total_norm=clip_total_norm,
+                clip_max_norm=clip_max_norm)
 
 
 @torch.library.custom_op(f"{_lib}::adam_step_triton_",
@@ -87,13 +90,14 @@ def _adam_step_triton(params: List[Tensor], grads: List[Tensor], exp_avgs: List[
                       exp_avg_sqs: List[Tensor], max_exp_avg_sqs: List[Tensor], state_steps: List[Tensor],
                       lr: float, beta1: float, beta2: float, weight_decay: float, eps: float, amsgrad: bool,
                       maximize: bool, decoupled_weight_decay: bool, lr_tensor: Optional[Tensor] = None,
-                      grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+                      grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+                      clip_total_norm: Optional[Tensor] = None, clip_max_norm: float = 0.0) -> None:
     from minitorch_ext.kernels import optim as K
 
     K.adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr, beta1=beta1,
                  beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=amsgrad, maximize=maximize,
                  decoupled_weight_decay=decoupled_weight_decay, lr_tensor=lr_tensor, grad_scale=grad_scale,
-                 found_inf=found_inf)
+                 found_inf=found_inf, clip_total_norm=clip_total_norm, clip_max_norm=clip_max_norm)
 
 
 @torch.library.custom_op(f"{_lib}::total_norm_triton", mutates_args=())
