@@ -571,6 +571,8 @@ def test_opcheck_adam_step():
     kwargs = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.1, eps=1e-8, amsgrad=True, maximize=False,
                   decoupled_weight_decay=True, grad_scale=torch.tensor(4.0), found_inf=torch.tensor(0.0))
     torch.library.opcheck(torch.ops.minitorch_ext.adam_step_.default, args, kwargs)
+    kwargs.update(clip_total_norm=torch.tensor(30.0), clip_max_norm=1.0)  # the folded clip
+    torch.library.opcheck(torch.ops.minitorch_ext.adam_step_.default, _adam_args(), kwargs)
 
 
 def test_opcheck_sgd_step():
@@ -579,6 +581,8 @@ def test_opcheck_sgd_step():
     args = (ps, [torch.randn(p.shape, generator=g) for p in ps], [torch.randn(p.shape, generator=g) for p in ps])
     kwargs = dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True, maximize=False,
                   is_first_step=False, lr_tensor=torch.tensor(0.05))
+    torch.library.opcheck(torch.ops.minitorch_ext.sgd_step_.default, args, kwargs)
+    kwargs.update(clip_total_norm=torch.tensor(30.0, dtype=torch.float64), clip_max_norm=1.0)  # the folded clip
     torch.library.opcheck(torch.ops.minitorch_ext.sgd_step_.default, args, kwargs)
 
 
@@ -838,3 +842,162 @@ def test_group_fast_path_is_what_step_uses():
     finally:
         sgd_mod.C.buckets = orig
     assert calls == []
+
+
+# ---------------------------------------------------------------------------
+# optimizer.clip_grad_norm_: the clip folded into the step kernel.
+def _clip_run(name, dtype, fold, norm_type=2.0, steps=6, max_norms=(0.05, 1e9, 0.3), model_seed=0):
+    """A small model trained with clipping every step, either clip_grad_norm_
+    then step() (fold=False) or optimizer.clip_grad_norm_ then step() (fold=True).
+    Returns the model, the optimizer, the returned norms and the grads after each step."""
+    _, O = OPTS[name]
+    kw = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01) if name == "SGD" else \
+        dict(lr=0.01, weight_decay=0.01, amsgrad=True)
+    m = make_model(model_seed, dtype)
+    opt = O(m.parameters(), **kw)
+    norms, grads = [], []
+    for s in range(steps):
+        opt.zero_grad()
+        loss_of(m, s, dtype).backward()
+        max_norm = max_norms[s % len(max_norms)]
+        if fold:
+            norms.append(opt.clip_grad_norm_(max_norm, norm_type))
+        else:
+            norms.append(mte.nn.utils.clip_grad_norm_(m.parameters(), max_norm, norm_type))
+        opt.step()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    return m, opt, norms, grads
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_folded_clip_is_bitwise_clip_then_step(name, dtype, norm_type):
+    """Params, state, grads after the step and the returned norms are bitwise those
+    of clip_grad_norm_ followed by step(), whether the coefficient is < 1 or 1."""
+    ma, oa, na, ga = _clip_run(name, dtype, fold=False, norm_type=norm_type)
+    mb, ob, nb, gb = _clip_run(name, dtype, fold=True, norm_type=norm_type)
+    for x, y in zip(na, nb):
+        assert torch.equal(x, y) and x.dtype == y.dtype
+    assert any(float(n) > 0.05 for n in na)  # the run did clip
+    for step_a, step_b in zip(ga, gb):
+        for x, y in zip(step_a, step_b):
+            assert torch.equal(x, y)
+    compare_state(oa, ob, exact=True)
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_folded_clip_matches_torch(name):
+    """Against torch.nn.utils.clip_grad_norm_ + torch.optim over 30 steps (our norm is
+    accumulated in double, torch's in float32, so equality is to 1e-6 relative)."""
+    T, O = OPTS[name]
+    kw = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.01, weight_decay=0.01)
+    mt, mo = make_model(), make_model()
+    ot, oo = T(mt.parameters(), **kw), O(mo.parameters(), **kw)
+    for s in range(30):
+        for m, o in ((mt, ot), (mo, oo)):
+            o.zero_grad()
+            loss_of(m, s).backward()
+        nt = torch.nn.utils.clip_grad_norm_(mt.parameters(), 0.1)
+        no = oo.clip_grad_norm_(0.1)
+        assert_close_rel(no, nt, 1e-6, "norm")
+        ot.step()
+        oo.step()
+        track(mt)
+        for a, b in zip(mo.parameters(), mt.parameters()):
+            assert_close_rel(a.grad, b.grad, 1e-4, "clipped grad")  # grads of drifting params
+    compare_state(ot, oo, rtol=1e-5)
+
+
+def test_folded_clip_pending_rules():
+    """Grads stay unclipped until step(); zero_grad drops a pending clip; a second
+    clip call applies the first; found_inf (GradScaler) skips the clip with the step;
+    a closure's own clip is applied by the step."""
+    def setup():
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)]
+        for p in ps:
+            p.grad = torch.full_like(p, 3.0)
+        return ps, mte.optim.SGD(ps, lr=0.1)
+
+    ps, opt = setup()
+    before = [p.grad.clone() for p in ps]
+    n = opt.clip_grad_norm_(1.0)
+    assert torch.equal(n, torch.tensor(3.0 * math.sqrt(10.0)))
+    assert all(torch.equal(p.grad, b) for p, b in zip(ps, before))  # not yet
+    opt.zero_grad(set_to_none=False)
+    assert opt._pending_clip is None
+    # two calls: same as two calls of the function
+    ps, opt = setup()
+    qs, _ = setup()
+    opt.clip_grad_norm_(1.0)
+    n2 = opt.clip_grad_norm_(0.5)
+    mte.nn.utils.clip_grad_norm_(qs, 1.0)
+    m2 = mte.nn.utils.clip_grad_norm_(qs, 0.5)
+    assert torch.equal(n2, m2)
+    opt.step()
+    # grads after our step == grads clipped twice by the function
+    for p, q in zip(ps, qs):
+        assert torch.equal(p.grad, q.grad)
+    # found_inf: nothing changes, and the clip is not left pending
+    ps, opt = setup()
+    before_p = [p.detach().clone() for p in ps]
+    opt.clip_grad_norm_(1.0)
+    opt.found_inf, opt.grad_scale = torch.ones(()), None
+    opt.step()
+    del opt.found_inf, opt.grad_scale
+    assert all(torch.equal(p, b) for p, b in zip(ps, before_p)) and opt._pending_clip is None
+    # a closure that clips: its clip is applied by this step
+    ps, opt = setup()
+    qs, oq = setup()
+
+    def closure_ours():
+        for p in ps:
+            p.grad = torch.full_like(p, 3.0)
+        opt.clip_grad_norm_(1.0)
+        return torch.tensor(0.0)
+
+    def closure_ref():
+        for q in qs:
+            q.grad = torch.full_like(q, 3.0)
+        mte.nn.utils.clip_grad_norm_(qs, 1.0)
+        return torch.tensor(0.0)
+
+    opt.step(closure_ours)
+    oq.step(closure_ref)
+    for p, q in zip(ps, qs):
+        assert torch.equal(p, q) and torch.equal(p.grad, q.grad)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_folded_clip_with_grad_scaler_recipe(name):
+    """scaler.unscale_(opt); opt.clip_grad_norm_(...); scaler.step(opt): bitwise the same
+    as with the clip function."""
+    _, O = OPTS[name]
+    kw = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.01)
+    runs = []
+    for fold in (False, True):
+        m = make_model()
+        o = O(m.parameters(), **kw)
+        sc = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+        for s in range(8):
+            o.zero_grad()
+            sc.scale(loss_of(m, s)).backward()
+            sc.unscale_(o)
+            if fold:
+                o.clip_grad_norm_(0.2)
+            else:
+                mte.nn.utils.clip_grad_norm_(m.parameters(), 0.2)
+            sc.step(o)
+            sc.update()
+        runs.append((m, o))
+    compare_state(runs[0][1], runs[1][1], exact=True)
+
+
+def test_folded_clip_arguments_are_checked():
+    ps, gs, bs = _sgd_lists()
+    with pytest.raises(RuntimeError, match="clip_total_norm: expected a tensor with one element"):
+        torch.ops.minitorch_ext.sgd_step_(ps, gs, bs, clip_total_norm=torch.ones(2), clip_max_norm=1.0, **_SGD_KW)
+    with pytest.raises(RuntimeError, match="clip_total_norm: expected a float32 or float64 tensor"):
+        torch.ops.minitorch_ext.sgd_step_(ps, gs, bs, clip_total_norm=torch.ones((), dtype=torch.int32),
+                                          clip_max_norm=1.0, **_SGD_KW)

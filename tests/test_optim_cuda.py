@@ -91,3 +91,35 @@ def test_clip_grad_norm_cuda(backend, norm_type):
         t = mte.nn.utils.clip_grad_norm_(ours_m.parameters(), 0.5, norm_type)
     r = torch.nn.utils.clip_grad_norm_(ref_m.parameters(), 0.5, norm_type)
     torch.testing.assert_close(t, r, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_clip_cuda_is_clip_then_step(backend, name, dtype):
+    """optimizer.clip_grad_norm_ then step(): the step kernel applies the clip on the
+    device; params, state and grads equal clip_grad_norm_ then step() bitwise."""
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True) if name == "SGD" else dict(lr=1e-2, weight_decay=0.1,
+                                                                               amsgrad=True)
+    runs = []
+    for fold in (False, True):
+        m = _model().to(dtype)
+        g = torch.Generator().manual_seed(1)
+        X, y = torch.randn(64, 6, generator=g).cuda().to(dtype), torch.randn(64, 1, generator=g).cuda().to(dtype)
+        with mte.use_backend(backend):
+            opt = getattr(mte.optim, name)(m.parameters(), **kw)
+            for s in range(6):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(m(X), y).backward()
+                max_norm = (0.05, 1e9)[s % 2]
+                if fold:
+                    opt.clip_grad_norm_(max_norm)
+                else:
+                    mte.nn.utils.clip_grad_norm_(m.parameters(), max_norm)
+                opt.step()
+        runs.append((m, opt))
+    (ma, oa), (mb, ob) = runs
+    for a, b in zip(ma.parameters(), mb.parameters()):
+        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+        for k, v in oa.state[a].items():
+            assert torch.equal(v, ob.state[b][k]), k

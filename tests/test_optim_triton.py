@@ -126,3 +126,30 @@ def test_optim_interpreter_canaries():
 
     results = optim.interpreter_canaries()
     assert results and not [n for n, ok in results if not ok], results
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_clip_triton_equals_cpp_bitwise(name, dtype):
+    """optimizer.clip_grad_norm_ then step() on the Triton backend: the Triton step
+    kernel applies the clip, and params, state and grads equal the C++ backend's."""
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True) if name == "SGD" else dict(lr=1e-2, weight_decay=0.1,
+                                                                               amsgrad=True)
+    runs = []
+    for backend in ("cpp", "triton"):
+        m = _model().to(dtype)
+        g = torch.Generator().manual_seed(1)
+        X, y = torch.randn(32, 6, generator=g).to(dtype), torch.randn(32, 1, generator=g).to(dtype)
+        with mte.use_backend(backend):
+            opt = getattr(mte.optim, name)(m.parameters(), **kw)
+            for s in range(4):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(m(X), y).backward()
+                opt.clip_grad_norm_((0.05, 1e9)[s % 2])  # clipping, then a coefficient of 1
+                opt.step()
+        runs.append((m, opt))
+    (ma, oa), (mb, ob) = runs
+    for a, b in zip(ma.parameters(), mb.parameters()):
+        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+        for k, v in oa.state[a].items():
+            assert torch.equal(v, ob.state[b][k]), k

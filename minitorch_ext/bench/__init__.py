@@ -24,6 +24,7 @@ FAMILIES: dict[str, str | Callable] = {
     "layernorm": "minitorch_ext.bench.norm:layernorm",
     "rmsnorm": "minitorch_ext.bench.norm:rmsnorm",
     "optim": "minitorch_ext.bench.optim:optim",
+    "optim_clip": "minitorch_ext.bench.optim:optim_clip",
 }
 
 

@@ -100,6 +100,76 @@ def optim(ctx):
                    note="peak extra memory of a step: " + ", ".join(f"{k} {v} B" for k, v in mem.items()))
 
 
+# Clipping + step: ours folds the clip into the step (optimizer.clip_grad_norm_),
+# torch runs clip_grad_norm_ then the step. Bytes a clipped step must move: read
+# the grads for the norm, the step's own traffic, and the clipped grads written.
+_CLIP_BYTES_PER = {"AdamW": 4 * (1 + 4 + 3 + 1), "SGD": 4 * (1 + 3 + 2 + 1)}
+_CLIP_MAX_NORM = 1e-3  # far below the grads' norm: every call clips
+
+
+def _clip_sides(algo: str, base):
+    """{label: fn} for the clipped-step rows, plus a `before` that restores the
+    grads a side clipped (clipping is in place, so the next call would see
+    already-clipped grads and a coefficient of 1)."""
+    dirty: list = []
+
+    def side(opt, run):
+        params = [p for g in opt.param_groups for p in g["params"]]
+        saved = [p.grad.clone() for p in params]
+
+        def fn():
+            run(opt, params)
+            dirty.append((params, saved))
+        return fn
+
+    def before():
+        while dirty:
+            params, saved = dirty.pop()
+            for p, g in zip(params, saved):
+                p.grad.copy_(g)
+
+    def ours_run(opt, params):
+        opt.clip_grad_norm_(_CLIP_MAX_NORM)
+        opt.step()
+
+    def native_run(foreach):
+        def run(opt, params):
+            torch.nn.utils.clip_grad_norm_(params, _CLIP_MAX_NORM, foreach=foreach)
+            opt.step()
+        return run
+
+    ours_opt = _make(algo, "ours", _clone(base))
+    ours_opt.step()
+    ours = side(ours_opt, ours_run)
+    native = {}
+    for label, impl, foreach in ((f"clip(foreach=False)+{algo}(foreach=False)", "foreach=False", False),
+                                 (f"clip(foreach=True)+{algo}(fused=True)", "fused=True", True)):
+        opt = _make(algo, impl, _clone(base))
+        opt.step()
+        native[label] = side(opt, native_run(foreach))
+    return ours, native, before
+
+
+def optim_clip(ctx):
+    """Gradient clipping and the step together: ours folds the clip's multiply into the step kernel
+    (optimizer.clip_grad_norm_ then step(): one read of the grads for the norm, then the step, which
+    scales each grad as it reads it and writes it back), torch runs clip_grad_norm_ (a norm pass and a
+    multiply pass) then its step. max_norm is far below the grads' norm, so every call clips; the grads
+    are restored between calls, untimed. GB/s counts what a clipped step must move: the grads read for
+    the norm, the step's traffic, and the clipped grads written."""
+    from .harness import Case
+
+    shapes = QUICK_SHAPES if ctx.quick else SHAPES
+    for shape, (n, numel) in shapes.items():
+        for algo in ("AdamW", "SGD"):
+            case = f"{algo}+clip {shape}"
+            if not ctx.wants(f"{case} float32 step"):
+                continue
+            ours, native, before = _clip_sides(algo, _params(n, numel, device=ctx.device))
+            yield Case(case=case, dtype="float32", pass_="step", ours=ours, native=native, before=before,
+                       bytes=n * numel * _CLIP_BYTES_PER[algo])
+
+
 def peak_extra_memory(fn, warmup: int = 1) -> int:
     """Peak bytes of tensors a call of `fn` allocates beyond what was live
     before it. CUDA: max_memory_allocated. CPU: every op's new (non-aliasing)

@@ -90,24 +90,82 @@ def steps_to_param_device(opt) -> None:
 
 class FusedStep:
     """What every fused optimizer shares: step() (closure, GradScaler's
-    grad_scale/found_inf protocol, one `_step_group` call per param group) and
-    load_state_dict (steps moved beside their params). Mixed in before the
-    torch.optim class it replaces."""
+    grad_scale/found_inf protocol, one `_step_group` call per param group),
+    clip_grad_norm_ folded into the step, and load_state_dict (steps moved
+    beside their params). Mixed in before the torch.optim class it replaces."""
 
     _step_supports_amp_scaling = True
+    _pending_clip: tuple[torch.Tensor, float] | None = None
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         steps_to_param_device(self)
 
     @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                        foreach: bool | None = None) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_(params, max_norm, ...)`` over this
+        optimizer's parameters, with the scaling done by the next ``step()``.
+
+        The global norm is computed now (one read of every grad) and returned,
+        as torch returns it. The multiply by ``min(max_norm / (norm + 1e-6), 1)``
+        is left to the step kernel, which reads every grad anyway: it scales each
+        grad as it loads it, rounds to the grad's dtype, writes it back and steps
+        with it, so parameters, state and grads after ``step()`` are bitwise what
+        ``clip_grad_norm_`` followed by ``step()`` leaves -- without the clip's own
+        read-and-write pass over the grads.
+
+        The one difference: between this call and ``step()`` the grads still hold
+        their unclipped values. Code that reads them in between should call
+        ``minitorch_ext.nn.utils.clip_grad_norm_`` instead. ``zero_grad()`` drops
+        a pending clip; a second call applies the pending one first. With
+        ``GradScaler``, call ``scaler.unscale_(optimizer)`` first, as torch's
+        recipe says. Norm types other than 2, 1 and inf, grads of mixed float64
+        and other dtypes, and torch.compile clip at once, as the function does.
+        ``foreach`` is accepted and ignored."""
+        from ..nn.utils import clip_grad as CG
+
+        self._apply_pending_clip()
+        params = [p for group in self.param_groups for p in group["params"]]
+        norm_type = float(norm_type)
+        if norm_type not in CG._OUR_NORMS or torch.compiler.is_compiling():
+            return CG.clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite, foreach)
+        grads = CG.grads_of(params)
+        if not grads:
+            return torch.tensor(0.0)
+        total = CG.total_norm_of(grads, norm_type, error_if_nonfinite)
+        # The kernels take the coefficient in the opmath type of each grad: exact when
+        # the norm is float32 (no float64 grad) or every grad is float64.
+        if total.dtype == torch.float32 or all(g.dtype == torch.float64 for g in grads):
+            self._pending_clip = (total, float(max_norm))
+        else:
+            CG.scale_by_clip_coef_(grads, total, max_norm)
+        return CG.returned_norm(total, grads)
+
+    def _apply_pending_clip(self) -> None:
+        """Scale the grads by a clip still waiting for step() (a second clip call)."""
+        pending, self._pending_clip = self._pending_clip, None
+        if pending is not None:
+            from ..nn.utils import clip_grad as CG
+
+            grads = CG.grads_of([p for group in self.param_groups for p in group["params"]])
+            if grads:
+                CG.scale_by_clip_coef_(grads, *pending)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._pending_clip = None  # the grads it was for are gone
+        super().zero_grad(set_to_none)
+
+    @torch.no_grad()
     def step(self, closure=None):
         """Perform a single optimization step (closure: re-evaluates the model, returns the loss)."""
         loss = None
         if closure is not None:
+            self._apply_pending_clip()  # the closure recomputes the grads: clip what it was asked to, now
             with torch.enable_grad():
                 loss = closure()
         grad_scale, found_inf = amp_args(self)
+        clip, self._pending_clip = self._pending_clip, None
         for group in self.param_groups:
-            self._step_group(group, grad_scale, found_inf)
+            self._step_group(group, grad_scale, found_inf, clip)
         return loss

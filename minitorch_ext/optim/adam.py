@@ -11,7 +11,8 @@ class _FusedAdamStep(C.FusedStep):
     """The group step shared by Adam and AdamW (the group's decoupled_weight_decay flag decides)."""
     _name = "Adam"
 
-    def _step_group(self, group, grad_scale, found_inf):
+    def _step_group(self, group, grad_scale, found_inf, clip=None):
+        clip_total, clip_max = clip if clip is not None else (None, 0.0)
         amsgrad = group["amsgrad"]
         beta1, beta2 = group["betas"]
         fast = C.group_fast_path(group)
@@ -20,7 +21,7 @@ class _FusedAdamStep(C.FusedStep):
                 weight_decay=float(group["weight_decay"]), eps=float(group["eps"]), amsgrad=bool(amsgrad),
                 maximize=bool(group["maximize"]),
                 decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), grad_scale=grad_scale,
-                found_inf=found_inf):
+                found_inf=found_inf, clip_total_norm=clip_total, clip_max_norm=clip_max):
             return
         params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], [], [], []
         state = self.state
@@ -65,7 +66,7 @@ class _FusedAdamStep(C.FusedStep):
                 args = tuple([lst[i] for i in bucket] if lst else [] for lst in
                              (params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps))
             _op(*args, lr=lr_f, lr_tensor=lr_t, grad_scale=C.on(grad_scale, dev), found_inf=C.on(found_inf, dev),
-                **kw)
+                clip_total_norm=C.on(clip_total, dev), clip_max_norm=clip_max, **kw)
 
 
 _DOC = """Drop-in for :class:`torch.optim.{name}` (same constructor, defaults,

@@ -29,13 +29,14 @@ class SGD(C.FusedStep, torch.optim.SGD):
                          nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                          fused=fused)
 
-    def _step_group(self, group, grad_scale, found_inf):
+    def _step_group(self, group, grad_scale, found_inf, clip=None):
+        clip_total, clip_max = clip if clip is not None else (None, 0.0)
         fast = C.group_fast_path(group)
         if fast is not None and fast.sgd_group_step_(
                 group["params"], self.state, lr=float(group["lr"]), momentum=float(group["momentum"]),
                 dampening=float(group["dampening"]), weight_decay=float(group["weight_decay"]),
                 nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]), grad_scale=grad_scale,
-                found_inf=found_inf):
+                found_inf=found_inf, clip_total_norm=clip_total, clip_max_norm=clip_max):
             return
         momentum = group["momentum"]
         has_momentum = momentum != 0
@@ -87,7 +88,7 @@ class SGD(C.FusedStep, torch.optim.SGD):
                 ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
                 bs = [bufs[i] for i in idx] if has_momentum else []
             _op(ps, gs, bs, lr=lr_f, is_first_step=is_first, lr_tensor=lr_t, grad_scale=C.on(grad_scale, dev),
-                found_inf=C.on(found_inf, dev), **kw)
+                found_inf=C.on(found_inf, dev), clip_total_norm=C.on(clip_total, dev), clip_max_norm=clip_max, **kw)
         if first and not (found_inf is not None and bool(found_inf.item() != 0)):
             # A skipped step (inf found) leaves no buffer behind: the next real step is still the first.
             for j in first:

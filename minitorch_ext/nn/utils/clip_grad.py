@@ -8,6 +8,11 @@ since it would change nothing. Any other ``norm_type`` (0, -inf, 3, ...) is
 passed to ``torch.nn.utils.clip_grad_norm_`` itself: that is the one place
 this function runs torch's implementation instead of ours.
 
+``optimizer.clip_grad_norm_(max_norm)`` on our optimizers (minitorch_ext.optim)
+goes one pass further: it computes the norm here and leaves the multiply to
+the next step kernel, which scales each grad as it reads it (same result,
+bitwise; see FusedStep.clip_grad_norm_).
+
 The norm is accumulated more precisely than torch does it (float32 blocks
 summed in double), so it can differ from torch's in the last bits; the clip
 coefficient is then computed with torch's float32 arithmetic. For bfloat16
@@ -39,27 +44,25 @@ def _combine(norms: list[torch.Tensor], norm_type: float) -> torch.Tensor:
     return stacked.square().sum().sqrt().to(norms[0].dtype)
 
 
-@torch.no_grad()
-def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0,
-                    error_if_nonfinite: bool = False, foreach: bool | None = None) -> torch.Tensor:
-    """Clip the gradient norm of an iterable of parameters (torch.nn.utils.clip_grad_norm_'s
-    signature and result). ``foreach`` is accepted and ignored: ours is always fused."""
-    norm_type = float(norm_type)
-    if norm_type not in _OUR_NORMS:
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
+def grads_of(parameters) -> list[torch.Tensor]:
+    """The non-None grads of `parameters` (a tensor or an iterable); sparse ones refused."""
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     else:
         is_generator = isinstance(parameters, types.GeneratorType)
         parameters = list(parameters)
         if is_generator and len(parameters) == 0:
-            warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
+            warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=4)
     grads = [p.grad for p in parameters if p.grad is not None]
-    if len(grads) == 0:
-        return torch.tensor(0.0)
     for g in grads:
         if g.is_sparse:
             raise RuntimeError("minitorch_ext.nn.utils.clip_grad_norm_ does not support sparse gradients")
+    return grads
+
+
+def total_norm_of(grads: list[torch.Tensor], norm_type: float, error_if_nonfinite: bool) -> torch.Tensor:
+    """The global norm of `grads` (on the first grad's device; one pass per device),
+    with torch's error for a non-finite norm when asked."""
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for g in grads:
         by_device.setdefault(g.device, []).append(g)
@@ -72,9 +75,40 @@ def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm:
             "`parameters` is non-finite, so it cannot be clipped. To disable "
             "this error and scale the gradients by the non-finite norm anyway, "
             "set `error_if_nonfinite=False`")
+    return total
+
+
+def scale_by_clip_coef_(grads: list[torch.Tensor], total: torch.Tensor, max_norm: float) -> None:
+    """grads *= min(max_norm / (total + 1e-6), 1), one in-place pass per device."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for g in grads:
+        by_device.setdefault(g.device, []).append(g)
     for dev, gs in by_device.items():
         _ops_optim.op("clip_scale_", dev)(gs, total.to(dev), float(max_norm))
+
+
+def returned_norm(total: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+    """The norm as torch returns it: in the grads' promoted dtype."""
     out_dtype = grads[0].dtype
     for g in grads[1:]:
         out_dtype = torch.promote_types(out_dtype, g.dtype)
     return total.to(out_dtype)
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False, foreach: bool | None = None) -> torch.Tensor:
+    """Clip the gradient norm of an iterable of parameters (torch.nn.utils.clip_grad_norm_'s
+    signature and result). ``foreach`` is accepted and ignored: ours is always fused.
+
+    To have the optimizer step apply the clip instead of a pass of its own, call
+    ``optimizer.clip_grad_norm_(max_norm)`` on a minitorch_ext optimizer."""
+    norm_type = float(norm_type)
+    if norm_type not in _OUR_NORMS:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
+    grads = grads_of(parameters)
+    if len(grads) == 0:
+        return torch.tensor(0.0)
+    total = total_norm_of(grads, norm_type, error_if_nonfinite)
+    scale_by_clip_coef_(grads, total, max_norm)
+    return returned_norm(total, grads)
