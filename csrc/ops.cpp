@@ -55,6 +55,19 @@ TORCH_LIBRARY(minitorch_ext, m) {
         "bool maximize, bool decoupled_weight_decay, Tensor? lr_tensor=None, "
         "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? clip_total_norm=None, "
         "float clip_max_norm=0.0) -> ()");
+  // RMSprop and Adagrad, as torch.optim's single-tensor path orders them (see
+  // csrc/optim/optim_cpu.cpp). grad_avgs is empty unless centered,
+  // momentum_buffers empty unless momentum != 0. Steps as for adam_step_ (each
+  // call adds 1; Adagrad's lr decay reads the new value).
+  m.def("rmsprop_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, "
+        "Tensor(d!)[] grad_avgs, Tensor(e!)[] momentum_buffers, Tensor(f!)[] state_steps, *, "
+        "float lr, float alpha, float eps, float weight_decay, float momentum, bool centered, "
+        "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
+        "Tensor? clip_total_norm=None, float clip_max_norm=0.0) -> ()");
+  m.def("adagrad_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums, "
+        "Tensor(d!)[] state_steps, *, float lr, float lr_decay, float weight_decay, float eps, "
+        "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
+        "Tensor? clip_total_norm=None, float clip_max_norm=0.0) -> ()");
   // Gradient clipping: the global norm of a list of tensors (a 0-dim tensor,
   // float64 when any input is float64, else float32; norm_type 2.0, 1.0 or
   // inf, anything else a ValueError), and an in-place multiply of every tensor

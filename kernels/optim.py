@@ -1,10 +1,11 @@
-"""Triton kernels for the optimizer-step family: fused multi-tensor SGD and
-Adam/AdamW steps, the global norm of a list of tensors, and the clip scale.
+"""Triton kernels for the optimizer-step family: fused multi-tensor SGD,
+Adam/AdamW, RMSprop and Adagrad steps, the global norm of a list of tensors,
+and the clip scale.
 
 Entry points take exactly the arguments of the registered ops (csrc/ops.cpp)
-and mutate in place like them: ``sgd_step_``, ``adam_step_``, ``total_norm``
-(returns a 0-dim float32 tensor, float64 when any input is float64) and
-``clip_scale_``.
+and mutate in place like them: ``sgd_step_``, ``adam_step_``,
+``rmsprop_step_``, ``adagrad_step_``, ``total_norm`` (returns a 0-dim float32
+tensor, float64 when any input is float64) and ``clip_scale_``.
 
 Algorithm (the per-element arithmetic of csrc/optim/optim_cpu.cpp, which
 orders it as torch.optim's single-tensor path does; math in float32 for
@@ -17,6 +18,13 @@ dtype):
     Adam:  g as above (coupled wd for Adam; p *= 1-lr*wd for AdamW);
            m = lerp(m, g, 1-b1); v = b2*v + (1-b2)*g*g; [vmax = max(vmax, v)];
            p += (-lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+    RMSprop: g as above (coupled wd); sq = a*sq + (1-a)*g*g;
+           [centered: ga = lerp(ga, g, 1-a); avg = sqrt(sq - ga*ga)] else
+           avg = sqrt(sq); avg += eps;
+           momentum: buf = m*buf + g/avg, p += -lr*buf; else p += -lr*g/avg
+    Adagrad: g as above (coupled wd); sum += g*g;
+           p += -clr*g / (sqrt(sum) + eps), clr = lr / (1 + (step-1)*lr_decay)
+           (per tensor, in float64, after the step's increment)
     norm:  per-program partial sums of x^2 (|x|, max |x|) over fixed chunks,
            then one program adds the partials in a fixed order (deterministic).
     clip:  x *= min(1, max_norm / (total_norm + 1e-6)), computed on the device.
@@ -34,9 +42,11 @@ which tensor, which CHUNK-element chunk of it). A kernel loads its tensor's
 addresses from the table and casts them with ``.to(tl.pointer_type(...))``,
 so ONE launch covers the whole group however many tensors it has (a
 thousand 4096-element tensors: one launch of 1000 programs, not 1000
-launches). Adam adds one small prologue launch that increments every step
-and computes the per-tensor scalars (step size, sqrt(bc2), 1-lr*wd) in
-float64 into a (3, T) buffer, so nothing is read back to the host. found_inf,
+launches). Adam, RMSprop and Adagrad add one small prologue launch that
+increments every step (also of zero-size tensors, whose main launch is
+skipped) and computes the per-tensor scalars in float64 (Adam: step size,
+sqrt(bc2), 1-lr*wd into a (3, T) buffer; Adagrad: -clr into a (T,) one;
+RMSprop: none), so nothing is read back to the host. found_inf,
 grad_scale, lr_tensor and clip_total_norm are read inside the kernels. The
 table is cached (keyed by its contents: addresses, sizes) so a training loop
 uploads it once; the float64 hyperparameters travel in a second tiny tensor,
@@ -44,7 +54,10 @@ cached by value.
 
 Memory traffic per element (4-byte params): SGD+momentum reads p, g, buf and
 writes p, buf (20 B); Adam reads p, g, m, v and writes p, m, v (28 B, +8 B
-with amsgrad, +4 B when the unscaled grad is written back); the folded clip
+with amsgrad, +4 B when the unscaled grad is written back); RMSprop reads
+p, g, sq [, ga] [, buf] and writes them but g (20 B plain, +8 B centered, +8 B
+with momentum); Adagrad reads p, g, sum and writes p, sum (20 B); for both,
++4 B when the unscaled grad is written back, as for Adam; the folded clip
 adds one write of the grad (+4 B) when its coefficient is not 1 (none more
 with grad_scale: the unscaled, clipped grad is written once) and saves the
 separate clip_scale_ pass (8 B); total_norm reads each element once (+8 B per
@@ -62,8 +75,11 @@ add (p*(1-lr*wd) then p + step, lr*wd then 1 - it) goes through `_mul_rn`,
 an inline-asm mul.rn that Triton's default FMA contraction cannot fuse
 (checked in the sm_90 PTX: 2 fma per Adam element, as in the CPU kernel).
 Under the interpreter, tl.fma is numpy's x*y+z (two roundings), so `_fma`
-computes float32 FMAs in float64 there (exact product, one near-exact
-rounding) and `_mul_rn` is a plain multiply.
+emulates a one-rounding FMA there: float32 through the exact float64 product,
+float64 with Dekker's exact product, each added with TwoSum and rounded to
+odd before the final rounding (exact for every float32 input, and for float64
+away from underflow/overflow, so interpreted float64 results equal the
+compiled and C++ ones too); `_mul_rn` is a plain multiply there.
 Bias corrections: beta**step by square-and-multiply in float64 (a few ulp of
 double, against Python's correctly rounded pow: invisible after rounding to
 float32); steps are integers, as torch keeps them.
@@ -105,15 +121,67 @@ _INTERPRETER = _common.INTERPRETER
 
 @triton.jit
 def _fma(x, y, z):
-    """x*y + z with one rounding (tl.fma; emulated in float64 for float32
-    under the interpreter, whose tl.fma rounds twice)."""
+    """x*y + z with one rounding: tl.fma, compiled. The interpreter's tl.fma
+    is numpy's x*y + z (two roundings), so there it is emulated exactly:
+    float32 through the exact float64 product, float64 with Dekker's exact
+    product; both end in a round-to-odd sum (see _round_odd)."""
     if _INTERPRETER:
         if z.dtype == tl.float32:
-            return (x.to(tl.float64) * y.to(tl.float64) + z.to(tl.float64)).to(tl.float32)
+            s, e = _two_sum(x.to(tl.float64) * y.to(tl.float64), z.to(tl.float64))  # product exact
+            return _round_odd(s, e).to(tl.float32)
+        elif z.dtype == tl.float64:
+            return _fma_f64_emulated(x, y, z)
         else:
             return tl.fma(x, y, z)
     else:
         return tl.fma(x, y, z)
+
+
+@triton.jit
+def _two_sum(a, b):
+    """(s, e): s = a + b rounded, e its exact error (Knuth's TwoSum, float64;
+    interpreter only)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+@triton.jit
+def _round_odd(s, e):
+    """The exact value s + e (s = RN(s + e), as _two_sum returns) rounded to
+    odd in float64: s when exact or already odd, else its neighbour toward e.
+    Rounding that once more to float32, or adding it to a float64 (see
+    _fma_f64_emulated), rounds the exact value only once (Boldo & Melquiond,
+    IEEE TC 2008). Interpreter only."""
+    bits = s.to(tl.int64, bitcast=True)
+    inexact = (e != 0.0) & ((s - s) == 0.0) & ((bits & 1) == 0)  # finite s only
+    bits = tl.where(inexact, tl.where((e > 0.0) == (s > 0.0), bits + 1, bits - 1), bits)
+    return bits.to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _fma_f64_emulated(x, y, z):
+    """float64 x*y + z with one rounding, from float64 operations (the
+    interpreter has no fused multiply-add): Dekker's exact product p + pl,
+    two TwoSums and a round-to-odd add (Boldo & Melquiond's emulated FMA).
+    Exact unless x*y underflows (|x*y| < ~2**-969, where pl loses bits) or
+    a split overflows (|x| or |y| > ~2**996): values an optimizer never
+    holds; there (and for inf/nan, and an exact zero, whose sign the plain
+    sum gets right) the result is the plain x*y + z."""
+    p = x * y
+    t = x * 134217729.0  # 2**27 + 1: Veltkamp's split into 26 + 27 bits
+    xh = t - (t - x)
+    xl = x - xh
+    t = y * 134217729.0
+    yh = t - (t - y)
+    yl = y - yh
+    pl = ((xh * yh - p) + xh * yl + xl * yh) + xl * yl  # x*y == p + pl exactly
+    th, tl_ = _two_sum(z, pl)
+    vh, vl = _two_sum(p, th)
+    s, e = _two_sum(tl_, vl)
+    r = vh + _round_odd(s, e)
+    naive = p + z
+    return tl.where((r == 0.0) | ((r - r) != 0.0) | ((naive - naive) != 0.0), naive, r)
 
 
 @triton.jit
@@ -177,6 +245,24 @@ def _pow_int(base, n):
         b = b * b
         n = n >> 1
     return result
+
+
+@triton.jit
+def _inc_steps(Table, row, T, ts, live):
+    """state_steps[ts] += 1, each in its own dtype (table row `row`: the step
+    addresses, row + 1: their is-float64 flags); returns the new values as
+    float64 (what Python reads with .item()). Lanes outside `live`: 0."""
+    addr = tl.load(Table + row * T + ts, mask=live, other=0)
+    is64 = tl.load(Table + (row + 1) * T + ts, mask=live, other=0) != 0
+    p32 = addr.to(tl.pointer_type(tl.float32))
+    p64 = addr.to(tl.pointer_type(tl.float64))
+    s32 = tl.load(p32, mask=live & (~is64), other=0.0)
+    s64 = tl.load(p64, mask=live & is64, other=0.0)
+    s32 = s32 + 1.0  # step += 1, in the step's own dtype
+    s64 = s64 + 1.0
+    tl.store(p32, s32, mask=live & (~is64))
+    tl.store(p64, s64, mask=live & is64)
+    return tl.where(is64, s64, s32.to(tl.float64))
 
 
 @triton.jit
@@ -326,17 +412,7 @@ def _adam_prologue_kernel(Table, Hyp, Scal, LrT, FoundInf, T,
         for t0 in range(0, T, BLOCK_T):
             ts = t0 + tl.arange(0, BLOCK_T)
             live = ts < T
-            addr = tl.load(Table + 5 * T + ts, mask=live, other=0)
-            is64 = tl.load(Table + 6 * T + ts, mask=live, other=0) != 0
-            p32 = addr.to(tl.pointer_type(tl.float32))
-            p64 = addr.to(tl.pointer_type(tl.float64))
-            s32 = tl.load(p32, mask=live & (~is64), other=0.0)
-            s64 = tl.load(p64, mask=live & is64, other=0.0)
-            s32 = s32 + 1.0  # step += 1, in the step's own dtype
-            s64 = s64 + 1.0
-            tl.store(p32, s32, mask=live & (~is64))
-            tl.store(p64, s64, mask=live & is64)
-            step = tl.where(is64, s64, s32.to(tl.float64))
+            step = _inc_steps(Table, 5, T, ts, live)
             n = step.to(tl.int64)
             zeros = tl.zeros([BLOCK_T], dtype=tl.float64)
             bc1 = 1.0 - _pow_int(zeros + beta1, n)
@@ -449,6 +525,197 @@ def _adam_kernel(Table, Hyp, Scal, Ref, GradScale, FoundInf, ClipNorm, T, P,
                 _adam_body(p_base + offs, g_base + offs, m_base + offs, v_base + offs, x_base + offs, offs < n,
                            scale, coef, clip_on, wd, lw, lw_m1, beta2, omb2, eps, neg_step, bc2_sqrt, decay,
                            HAS_SCALE, HAS_CLIP, MAXIMIZE, COUPLED_WD, DECOUPLED_WD, AMSGRAD, LERP_SMALL)
+
+
+# --------------------------------------------------------------------------
+# RMSprop
+# --------------------------------------------------------------------------
+@triton.jit
+def _rmsprop_prologue_kernel(Table, FoundInf, T, HAS_INF: tl.constexpr, BLOCK_T: tl.constexpr):
+    # Table rows: 5 step addresses, 6 step-is-float64 flags. RMSprop counts
+    # its steps but has no per-tensor scalar: the increment is all there is.
+    ok = True
+    if HAS_INF:
+        ok = tl.load(FoundInf).to(tl.float64) == 0.0
+    if ok:
+        for t0 in range(0, T, BLOCK_T):
+            ts = t0 + tl.arange(0, BLOCK_T)
+            _inc_steps(Table, 5, T, ts, ts < T)
+
+
+@triton.jit
+def _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, mask, scale, coef, clip_on, wd, alpha, w, w_m1, eps, mom,
+                  neg_lr, HAS_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr,
+                  HAS_WD: tl.constexpr, CENTERED: tl.constexpr, HAS_MOM: tl.constexpr, LERP_SMALL: tl.constexpr):
+    A = scale.dtype
+    p = tl.load(p_ptr, mask=mask).to(A)
+    g = tl.load(g_ptr, mask=mask).to(A)
+    sq = tl.load(s_ptr, mask=mask).to(A)
+    g = _unscale_clip(g_ptr, g, mask, scale, coef, clip_on, HAS_SCALE, HAS_CLIP)  # written back
+    if MAXIMIZE:
+        g = -g
+    if HAS_WD:
+        g = _fma(p, wd, g)  # grad.add(param, alpha=wd)
+    # square_avg.mul_(alpha).addcmul_(grad, grad, value=1-alpha)
+    sq = _fma(_mul_rn(w, g), g, _mul_rn(sq, alpha))
+    if CENTERED:
+        # grad_avg.lerp_(grad, 1-alpha), as ATen's lerp computes it
+        ga = tl.load(a_ptr, mask=mask).to(A)
+        diff = g - ga
+        if LERP_SMALL:
+            ga = _fma(w, diff, ga)
+        else:
+            ga = _fma(w_m1, diff, g)
+        _store(a_ptr, ga, mask)
+        avg = _sqrt(_fma(-ga, ga, sq))  # square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+    else:
+        avg = _sqrt(sq)  # square_avg.sqrt()
+    avg = avg + eps  # .add_(eps)
+    if HAS_MOM:
+        # buf.mul_(momentum).addcdiv_(grad, avg): product and quotient rounded, then the add
+        b = _mul_rn(tl.load(b_ptr, mask=mask).to(A), mom) + _div(g, avg)
+        _store(b_ptr, b, mask)
+        p = _fma(b, neg_lr, p)  # param.add_(buf, alpha=-lr)
+    else:
+        p = p + _div(_mul_rn(neg_lr, g), avg)  # param.addcdiv_(grad, avg, value=-lr)
+    _store(p_ptr, p, mask)
+    _store(s_ptr, sq, mask)
+
+
+@triton.jit
+def _rmsprop_kernel(Table, Hyp, Acc, Ref, GradScale, FoundInf, ClipNorm, T, P,
+                    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr,
+                    HAS_WD: tl.constexpr, CENTERED: tl.constexpr, HAS_MOM: tl.constexpr, LERP_SMALL: tl.constexpr,
+                    ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    # Table rows: 0 params, 1 grads, 2 square_avgs, 3 grad_avgs, 4 momentum buffers,
+    # 5 steps, 6 step flags, 7 numel; program map at 8T.
+    pid = tl.program_id(0)
+    ok = True
+    if HAS_INF:
+        ok = tl.load(FoundInf).to(tl.float64) == 0.0
+    if ok:
+        t = tl.load(Table + 8 * T + pid)
+        start = tl.load(Table + 8 * T + P + pid) * CHUNK
+        n = tl.load(Table + 7 * T + t)
+        p_base = _ptr(Table, 0, T, t, Ref, ALIGNED)
+        g_base = _ptr(Table, 1, T, t, Ref, ALIGNED)
+        s_base = _ptr(Table, 2, T, t, Ref, ALIGNED)
+        a_base = _ptr(Table, 3, T, t, Ref, ALIGNED)
+        b_base = _ptr(Table, 4, T, t, Ref, ALIGNED)
+        # Hyp (float64): alpha, 1-alpha, eps, wd, momentum, -lr, 1.0, clip max_norm,
+        # 1e-6; rounded to the opmath type.
+        alpha = _to_acc(tl.load(Hyp + 0), Acc)
+        w = _to_acc(tl.load(Hyp + 1), Acc)
+        w_m1 = w - 1.0
+        eps = _to_acc(tl.load(Hyp + 2), Acc)
+        wd = _to_acc(tl.load(Hyp + 3), Acc)
+        mom = _to_acc(tl.load(Hyp + 4), Acc)
+        neg_lr = _to_acc(tl.load(Hyp + 5), Acc)
+        if HAS_SCALE:
+            scale = _to_acc(tl.load(GradScale).to(tl.float32), Acc)
+        else:
+            scale = _to_acc(tl.load(Hyp + 6), Acc)  # 1.0, unused
+        if HAS_CLIP:  # the folded clip_grad_norm_: skipped when its coefficient is exactly 1
+            c = _clip_coef(ClipNorm, tl.load(Hyp + 7), tl.load(Hyp + 8))
+            clip_on = c != 1.0
+            coef = _to_acc(c, Acc)
+        else:
+            clip_on = False
+            coef = scale  # unused
+        for s in range(0, CHUNK, BLOCK):
+            offs = start + s + tl.arange(0, BLOCK)
+            if start + s + BLOCK <= n:  # full block: unmasked, vectorizes
+                _rmsprop_body(p_base + offs, g_base + offs, s_base + offs, a_base + offs, b_base + offs, None,
+                              scale, coef, clip_on, wd, alpha, w, w_m1, eps, mom, neg_lr,
+                              HAS_SCALE, HAS_CLIP, MAXIMIZE, HAS_WD, CENTERED, HAS_MOM, LERP_SMALL)
+            else:
+                _rmsprop_body(p_base + offs, g_base + offs, s_base + offs, a_base + offs, b_base + offs, offs < n,
+                              scale, coef, clip_on, wd, alpha, w, w_m1, eps, mom, neg_lr,
+                              HAS_SCALE, HAS_CLIP, MAXIMIZE, HAS_WD, CENTERED, HAS_MOM, LERP_SMALL)
+
+
+# --------------------------------------------------------------------------
+# Adagrad
+# --------------------------------------------------------------------------
+@triton.jit
+def _adagrad_prologue_kernel(Table, Hyp, Scal, FoundInf, T, HAS_INF: tl.constexpr, BLOCK_T: tl.constexpr):
+    # Table rows: 3 step addresses, 4 step-is-float64 flags. Writes Scal (T),
+    # opmath dtype: -clr = -(lr / (1 + (step - 1) * lr_decay)), in float64 as
+    # Python computes it (the product rounded on its own).
+    ok = True
+    if HAS_INF:
+        ok = tl.load(FoundInf).to(tl.float64) == 0.0
+    if ok:
+        lr = tl.load(Hyp + 0)
+        lr_decay = tl.load(Hyp + 1)
+        for t0 in range(0, T, BLOCK_T):
+            ts = t0 + tl.arange(0, BLOCK_T)
+            live = ts < T
+            step = _inc_steps(Table, 3, T, ts, live)
+            zeros = tl.zeros([BLOCK_T], dtype=tl.float64)
+            neg_clr = -(lr / (1.0 + _mul_rn(step - 1.0, zeros + lr_decay)))
+            tl.store(Scal + ts, neg_clr.to(Scal.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _adagrad_body(p_ptr, g_ptr, s_ptr, mask, scale, coef, clip_on, wd, eps, neg_clr,
+                  HAS_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr):
+    A = scale.dtype
+    p = tl.load(p_ptr, mask=mask).to(A)
+    g = tl.load(g_ptr, mask=mask).to(A)
+    sm = tl.load(s_ptr, mask=mask).to(A)
+    g = _unscale_clip(g_ptr, g, mask, scale, coef, clip_on, HAS_SCALE, HAS_CLIP)  # written back
+    if MAXIMIZE:
+        g = -g
+    if HAS_WD:
+        g = _fma(p, wd, g)  # grad.add(param, alpha=wd)
+    sm = _fma(g, g, sm)  # state_sum.addcmul_(grad, grad, value=1)
+    std = _sqrt(sm) + eps  # state_sum.sqrt().add_(eps)
+    p = p + _div(_mul_rn(neg_clr, g), std)  # param.addcdiv_(grad, std, value=-clr)
+    _store(p_ptr, p, mask)
+    _store(s_ptr, sm, mask)
+
+
+@triton.jit
+def _adagrad_kernel(Table, Hyp, Scal, Ref, GradScale, FoundInf, ClipNorm, T, P,
+                    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr,
+                    HAS_WD: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    # Table rows: 0 params, 1 grads, 2 state_sums, 3 steps, 4 step flags, 5 numel;
+    # program map at 6T.
+    pid = tl.program_id(0)
+    ok = True
+    if HAS_INF:
+        ok = tl.load(FoundInf).to(tl.float64) == 0.0
+    if ok:
+        t = tl.load(Table + 6 * T + pid)
+        start = tl.load(Table + 6 * T + P + pid) * CHUNK
+        n = tl.load(Table + 5 * T + t)
+        p_base = _ptr(Table, 0, T, t, Ref, ALIGNED)
+        g_base = _ptr(Table, 1, T, t, Ref, ALIGNED)
+        s_base = _ptr(Table, 2, T, t, Ref, ALIGNED)
+        neg_clr = tl.load(Scal + t)
+        # Hyp (float64): lr, lr_decay, wd, eps, 1.0, clip max_norm, 1e-6
+        wd = _to_acc(tl.load(Hyp + 2), Scal)
+        eps = _to_acc(tl.load(Hyp + 3), Scal)
+        if HAS_SCALE:
+            scale = _to_acc(tl.load(GradScale).to(tl.float32), Scal)
+        else:
+            scale = _to_acc(tl.load(Hyp + 4), Scal)  # 1.0, unused
+        if HAS_CLIP:  # the folded clip_grad_norm_: skipped when its coefficient is exactly 1
+            c = _clip_coef(ClipNorm, tl.load(Hyp + 5), tl.load(Hyp + 6))
+            clip_on = c != 1.0
+            coef = _to_acc(c, Scal)
+        else:
+            clip_on = False
+            coef = scale  # unused
+        for s in range(0, CHUNK, BLOCK):
+            offs = start + s + tl.arange(0, BLOCK)
+            if start + s + BLOCK <= n:  # full block: unmasked, vectorizes
+                _adagrad_body(p_base + offs, g_base + offs, s_base + offs, None, scale, coef, clip_on, wd, eps,
+                              neg_clr, HAS_SCALE, HAS_CLIP, MAXIMIZE, HAS_WD)
+            else:
+                _adagrad_body(p_base + offs, g_base + offs, s_base + offs, offs < n, scale, coef, clip_on, wd, eps,
+                              neg_clr, HAS_SCALE, HAS_CLIP, MAXIMIZE, HAS_WD)
 
 
 # --------------------------------------------------------------------------
@@ -580,6 +847,16 @@ def _check_like(t, name, i, p):
     if p.numel() > 1 and t.stride() != p.stride():
         raise RuntimeError(f"{name}[{i}]: expected the strides of params[{i}] {list(p.stride())}, "
                            f"got {list(t.stride())}")
+
+
+def _check_step(s, i, p):
+    """state_steps[i]: a float32/float64 scalar beside params[i]."""
+    if s.numel() != 1 or s.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"state_steps[{i}]: expected a float32 or float64 tensor with one element, "
+                           f"got {s.dtype} of shape {list(s.shape)}")
+    if s.device != p.device:
+        raise RuntimeError(f"state_steps[{i}]: expected a tensor on {p.device} (the device of "
+                           f"params[{i}]), got one on {s.device}")
 
 
 def _check_scalar(t, name, p0):
@@ -731,13 +1008,7 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
         _check_like(exp_avg_sqs[i], "exp_avg_sqs", i, params[i])
         if amsgrad:
             _check_like(max_exp_avg_sqs[i], "max_exp_avg_sqs", i, params[i])
-        s = state_steps[i]
-        if s.numel() != 1 or s.dtype not in (torch.float32, torch.float64):
-            raise RuntimeError(f"state_steps[{i}]: expected a float32 or float64 tensor with one element, "
-                               f"got {s.dtype} of shape {list(s.shape)}")
-        if s.device != params[i].device:
-            raise RuntimeError(f"state_steps[{i}]: expected a tensor on {params[i].device} (the device of "
-                               f"params[{i}]), got one on {s.device}")
+        _check_step(state_steps[i], i, params[i])
     _check_scalar(lr_tensor, "lr_tensor", p0)
     _check_scalar(grad_scale, "grad_scale", p0)
     _check_scalar(found_inf, "found_inf", p0)
@@ -774,6 +1045,113 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
             MAXIMIZE=bool(maximize),
             COUPLED_WD=wd != 0.0 and not decoupled_weight_decay, DECOUPLED_WD=wd != 0.0 and bool(decoupled_weight_decay),
             AMSGRAD=bool(amsgrad), LERP_SMALL=abs(lw) < 0.5, ALIGNED=_aligned(rows),
+            BLOCK=_BLOCK, CHUNK=_CHUNK, num_warps=_NUM_WARPS,
+        )
+
+
+def rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, *, lr, alpha, eps,
+                  weight_decay, momentum, centered, maximize, grad_scale=None, found_inf=None, clip_total_norm=None,
+                  clip_max_norm=0.0):
+    n = len(params)
+    has_mom = momentum != 0.0
+    _check_list_len(grads, "grads", n)
+    _check_list_len(square_avgs, "square_avgs", n)
+    if centered:
+        _check_list_len(grad_avgs, "grad_avgs", n)
+    if has_mom:
+        _check_list_len(momentum_buffers, "momentum_buffers", n)
+    _check_list_len(state_steps, "state_steps", n)
+    if n == 0:
+        return
+    p0 = params[0]
+    for i in range(n):
+        _check_param(params[i], i, p0)
+        _check_like(grads[i], "grads", i, params[i])
+        _check_like(square_avgs[i], "square_avgs", i, params[i])
+        if centered:
+            _check_like(grad_avgs[i], "grad_avgs", i, params[i])
+        if has_mom:
+            _check_like(momentum_buffers[i], "momentum_buffers", i, params[i])
+        _check_step(state_steps[i], i, params[i])
+    _check_scalar(grad_scale, "grad_scale", p0)
+    _check_scalar(found_inf, "found_inf", p0)
+    _check_scalar(clip_total_norm, "clip_total_norm", p0)
+    dev = p0.device
+    alpha, wd = float(alpha), float(weight_decay)
+    hyp = _to_device([alpha, 1.0 - alpha, float(eps), wd, float(momentum), -float(lr), 1.0, float(clip_max_norm),
+                      1e-6], torch.float64, dev)
+    for dtype, idx in _groups(params):
+        acc_dt = _acc_dtype(dtype)
+        w = float(torch.tensor(1.0 - alpha, dtype=acc_dt))  # the lerp weight in the opmath type
+        rows = [[_addr(params[i]) for i in idx], [_addr(grads[i]) for i in idx],
+                [_addr(square_avgs[i]) for i in idx],
+                [_addr(grad_avgs[i]) if centered else 0 for i in idx],
+                [_addr(momentum_buffers[i]) if has_mom else 0 for i in idx]]
+        table, T, P = _table(rows + [[_addr(state_steps[i]) for i in idx],
+                                     [int(state_steps[i].dtype == torch.float64) for i in idx]],
+                             [params[i].numel() for i in idx], dev)
+        _launch(_rmsprop_prologue_kernel)[(1,)](
+            table, found_inf if found_inf is not None else hyp, T,
+            HAS_INF=found_inf is not None, BLOCK_T=128, num_warps=4,
+        )
+        if P == 0:
+            continue
+        acc = torch.empty(1, dtype=acc_dt, device=dev)  # only carries the opmath dtype
+        _launch(_rmsprop_kernel)[(P,)](
+            table, hyp, acc, params[idx[0]],
+            grad_scale if grad_scale is not None else hyp,  # unused slots: any tensor, never read
+            found_inf if found_inf is not None else hyp,
+            clip_total_norm if clip_total_norm is not None else hyp,
+            T, P,
+            HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None, HAS_CLIP=clip_total_norm is not None,
+            MAXIMIZE=bool(maximize), HAS_WD=wd != 0.0, CENTERED=bool(centered), HAS_MOM=has_mom,
+            LERP_SMALL=abs(w) < 0.5, ALIGNED=_aligned(rows),
+            BLOCK=_BLOCK, CHUNK=_CHUNK, num_warps=_NUM_WARPS,
+        )
+
+
+def adagrad_step_(params, grads, state_sums, state_steps, *, lr, lr_decay, weight_decay, eps, maximize,
+                  grad_scale=None, found_inf=None, clip_total_norm=None, clip_max_norm=0.0):
+    n = len(params)
+    _check_list_len(grads, "grads", n)
+    _check_list_len(state_sums, "state_sums", n)
+    _check_list_len(state_steps, "state_steps", n)
+    if n == 0:
+        return
+    p0 = params[0]
+    for i in range(n):
+        _check_param(params[i], i, p0)
+        _check_like(grads[i], "grads", i, params[i])
+        _check_like(state_sums[i], "state_sums", i, params[i])
+        _check_step(state_steps[i], i, params[i])
+    _check_scalar(grad_scale, "grad_scale", p0)
+    _check_scalar(found_inf, "found_inf", p0)
+    _check_scalar(clip_total_norm, "clip_total_norm", p0)
+    dev = p0.device
+    wd = float(weight_decay)
+    hyp = _to_device([float(lr), float(lr_decay), wd, float(eps), 1.0, float(clip_max_norm), 1e-6],
+                     torch.float64, dev)
+    for dtype, idx in _groups(params):
+        rows = [[_addr(params[i]) for i in idx], [_addr(grads[i]) for i in idx],
+                [_addr(state_sums[i]) for i in idx]]
+        table, T, P = _table(rows + [[_addr(state_steps[i]) for i in idx],
+                                     [int(state_steps[i].dtype == torch.float64) for i in idx]],
+                             [params[i].numel() for i in idx], dev)
+        scal = torch.empty(T, dtype=_acc_dtype(dtype), device=dev)
+        _launch(_adagrad_prologue_kernel)[(1,)](
+            table, hyp, scal, found_inf if found_inf is not None else hyp, T,
+            HAS_INF=found_inf is not None, BLOCK_T=128, num_warps=4,
+        )
+        if P == 0:
+            continue
+        _launch(_adagrad_kernel)[(P,)](
+            table, hyp, scal, params[idx[0]],
+            grad_scale if grad_scale is not None else hyp,
+            found_inf if found_inf is not None else hyp,
+            clip_total_norm if clip_total_norm is not None else hyp,
+            T, P,
+            HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None, HAS_CLIP=clip_total_norm is not None,
+            MAXIMIZE=bool(maximize), HAS_WD=wd != 0.0, ALIGNED=_aligned(rows),
             BLOCK=_BLOCK, CHUNK=_CHUNK, num_warps=_NUM_WARPS,
         )
 
@@ -925,6 +1303,27 @@ def _canary_nan_max_pow_kernel(A, B, Out, Base, Exps, Pow, N, BLOCK: tl.constexp
     tl.store(Pow + offs, _pow_int(base, e), mask=mask)
 
 
+def _exact_fma(x, y, z):
+    """x*y + z of finite float32/float64 tensors, rounded once to their dtype
+    (exact rationals; float32: the nearer of the two float32 neighbours, ties
+    to even, not float64 then float32)."""
+    from fractions import Fraction
+    out = []
+    for a, b, c in zip(x.tolist(), y.tolist(), z.tolist()):
+        v = Fraction(a) * Fraction(b) + Fraction(c)
+        r = float(v)  # correctly rounded to float64
+        if x.dtype == torch.float32:
+            f = torch.tensor(r, dtype=torch.float32)
+            cands = [f, torch.nextafter(f, torch.tensor(float("inf"))), torch.nextafter(f, torch.tensor(float("-inf")))]
+            dist = [abs(Fraction(float(t)) - v) for t in cands]
+            best = min(dist)
+            near = [t for t, d in zip(cands, dist) if d == best]
+            r = float(near[0] if len(near) == 1 else
+                      next(t for t in near if t.view(torch.int32).item() % 2 == 0))
+        out.append(r)
+    return torch.tensor(out, dtype=torch.float64, device=x.device).to(x.dtype)
+
+
 def interpreter_canaries(device=None):
     """Run each canary; returns [(name, ok)]. Default device: cpu under
     TRITON_INTERPRET=1, else cuda."""
@@ -940,15 +1339,27 @@ def interpreter_canaries(device=None):
     _canary_pointer_table_kernel[(2,)](table, a, 5, 13, BLOCK=16)
     out.append(("int64 address table -> tl.pointer_type load/store", torch.equal(a, ra) and torch.equal(b, rb)))
 
+    # x*y + z correctly rounded (exact rationals); the last float32 case is an
+    # exact product on a rounding midpoint plus a tiny z, which rounding the
+    # sum to float64 first gets wrong.
     e = 2.0 ** -12
-    x = torch.tensor([1 + e, 3.0, 0.1], device=device)
-    y = torch.tensor([1 + e, 5.0, 10.0], device=device)
-    z = torch.tensor([-(1 + 2 * e), 1.0, -1.0], device=device)
-    o = torch.empty(3, device=device)
-    _canary_fma_kernel[(1,)](x, y, z, o, 3, BLOCK=4)
-    exact = [(float(xi) * float(yi) + float(zi)) for xi, yi, zi in zip(x.tolist(), y.tolist(), z.tolist())]
-    out.append(("float32 fma with one rounding", o.tolist() == torch.tensor(exact, dtype=torch.float32).tolist()
-                and o[0].item() == 2.0 ** -24))
+    x = torch.tensor([1 + e, 3.0, 0.1, 1 + e, 1 + e], device=device)
+    y = torch.tensor([1 + e, 5.0, 10.0, 1 + e, 1 + e], device=device)
+    z = torch.tensor([-(1 + 2 * e), 1.0, -1.0, 2.0 ** -60, -(2.0 ** -60)], device=device)
+    o = torch.empty(5, device=device)
+    _canary_fma_kernel[(1,)](x, y, z, o, 5, BLOCK=8)
+    out.append(("float32 fma with one rounding", torch.equal(o, _exact_fma(x, y, z))
+                and o[0].item() == 2.0 ** -24 and o[3].item() == 1 + 2 * e + 2.0 ** -23))
+    e = 2.0 ** -30
+    x = torch.cat([torch.tensor([1 + e, 1 + e, 0.1, 1e300], dtype=torch.float64, device=device),
+                   torch.randn(60, generator=g, dtype=torch.float64).to(device)])  # 53-bit mantissas
+    y = torch.cat([torch.tensor([1 + e, 1 + 2 ** -27, 10.0, 1e-300], dtype=torch.float64, device=device),
+                   torch.randn(60, generator=g, dtype=torch.float64).to(device)])
+    z = torch.cat([torch.tensor([-(1 + 2 * e), 2.0 ** -110, -1.0, -1.0], dtype=torch.float64, device=device),
+                   -(x[4:] * y[4:]) * (1 + 2.0 ** -50)])
+    o = torch.empty_like(x)
+    _canary_fma_kernel[(1,)](x, y, z, o, x.numel(), BLOCK=64)
+    out.append(("float64 fma with one rounding", torch.equal(o, _exact_fma(x, y, z)) and o[0].item() == 2.0 ** -60))
 
     x, y = rnd(300), rnd(300)
     q, r = torch.empty_like(x), torch.empty_like(x)

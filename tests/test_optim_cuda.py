@@ -123,3 +123,50 @@ def test_folded_clip_cuda_is_clip_then_step(backend, name, dtype):
         assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
         for k, v in oa.state[a].items():
             assert torch.equal(v, ob.state[b][k]), k
+
+
+def _rms_args(dev, dtype=torch.float32):
+    shapes = (1, 7, 1000, 4097, 70000)
+    g = torch.Generator().manual_seed(0)
+    r = lambda: [torch.randn(s, generator=g).to(dtype) for s in shapes]  # noqa: E731
+    ps, gs, ga, bf = r(), r(), r(), r()
+    sq = [(a.double() ** 2 + 1.0).to(dtype) for a in ga]
+    return [[t.to(dev) for t in lst] for lst in (ps, gs, sq, ga, bf)] + \
+        [[torch.tensor(3.0, device=dev) for _ in shapes]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_rmsprop_adagrad_cuda_equal_cpu_op_bitwise(backend, dtype):
+    """The same IEEE operations in the same order on both devices: bitwise equal
+    (also the folded clip and GradScaler's unscale)."""
+    rk = dict(lr=1e-2, alpha=0.9, eps=1e-8, weight_decay=0.01, momentum=0.9, centered=True, maximize=False)
+    ak = dict(lr=0.05, lr_decay=0.01, weight_decay=0.01, eps=1e-10, maximize=True)
+    sfx = "" if backend == "cpp" else "_triton_"
+    for op, kw, pick in (("rmsprop_step_", rk, lambda a: a),
+                         ("adagrad_step_", ak, lambda a: (a[0], a[1], a[2], a[5]))):
+        for extra in ({}, dict(grad_scale=True, clip=True)):
+            cpu, gpu = pick(_rms_args("cpu", dtype)), pick(_rms_args("cuda", dtype))
+            kc, kg = dict(kw), dict(kw)
+            if extra:
+                kc.update(grad_scale=torch.tensor(4.0), clip_total_norm=torch.tensor(30.0), clip_max_norm=1.0)
+                kg.update(grad_scale=torch.tensor(4.0, device="cuda"),
+                          clip_total_norm=torch.tensor(30.0, device="cuda"), clip_max_norm=1.0)
+            getattr(torch.ops.minitorch_ext, op)(*cpu, **kc)
+            getattr(torch.ops.minitorch_ext, op.rstrip("_") + "_triton_" if sfx else op)(*gpu, **kg)
+            torch.cuda.synchronize()
+            for la, lb in zip(cpu, gpu):
+                for x, y in zip(la, lb):
+                    assert torch.equal(y.cpu(), x), (op, extra)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,kw", [("RMSprop", dict(lr=1e-2, momentum=0.9, centered=True)),
+                                     ("Adagrad", dict(lr=0.05, lr_decay=0.01))])
+def test_rmsprop_adagrad_trajectory_cuda(backend, name, kw):
+    ours_m, ref_m = _model(), _model()
+    with mte.use_backend(backend):
+        _train(ours_m, getattr(mte.optim, name)(ours_m.parameters(), **kw))
+    _train(ref_m, getattr(torch.optim, name)(ref_m.parameters(), foreach=False, **kw))
+    for a, b in zip(ours_m.parameters(), ref_m.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())

@@ -153,3 +153,61 @@ def test_folded_clip_triton_equals_cpp_bitwise(name, dtype):
         assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
         for k, v in oa.state[a].items():
             assert torch.equal(v, ob.state[b][k]), k
+
+
+def _rms_lists(dtype, centered, momentum, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = (1, 7, 1000, 4097)
+    r = lambda: [torch.randn(s, generator=g).to(dtype) for s in shapes]  # noqa: E731
+    ps, gs, ga = r(), r(), r()
+    sq = [(a.double() ** 2 + 1.0 + torch.rand(a.shape, generator=g).double()).to(dtype) for a in ga]  # > E[g]^2
+    return (ps, gs, sq, ga if centered else [], r() if momentum else [],
+            [torch.tensor(float(i)) for i in range(len(shapes))])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("centered,momentum,extra", [
+    (False, 0.0, {}), (True, 0.9, dict(weight_decay=0.01, maximize=True)),
+    (True, 0.0, dict(grad_scale=True)), (False, 0.5, dict(clip=True)),
+])
+def test_triton_rmsprop_op_equals_cpp_op_bitwise(dtype, centered, momentum, extra):
+    kw = dict(lr=1e-2, alpha=0.9, eps=1e-8, weight_decay=extra.get("weight_decay", 0.0), momentum=momentum,
+              centered=centered, maximize=extra.get("maximize", False))
+    if extra.get("grad_scale"):
+        kw["grad_scale"] = torch.tensor(4.0)
+    if extra.get("clip"):
+        kw.update(clip_total_norm=torch.tensor(30.0), clip_max_norm=1.0)
+    a, b = _rms_lists(dtype, centered, momentum), _rms_lists(dtype, centered, momentum)
+    for _ in range(3):
+        OPS.rmsprop_step_(*a, **kw)
+        OPS.rmsprop_step_triton_(*b, **kw)
+    for x, y in zip(sum(a, []), sum(b, [])):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_triton_adagrad_op_equals_cpp_op_bitwise(dtype):
+    kw = dict(lr=0.05, lr_decay=0.01, weight_decay=0.01, eps=1e-10, maximize=True, grad_scale=torch.tensor(2.0),
+              clip_total_norm=torch.tensor(50.0), clip_max_norm=2.0)
+
+    def lists():
+        ps, gs, sq, _, _, steps = _rms_lists(dtype, False, 0.0)
+        return ps, gs, sq, steps
+
+    a, b = lists(), lists()
+    for _ in range(3):
+        OPS.adagrad_step_(*a, **kw)
+        OPS.adagrad_step_triton_(*b, **kw)
+    for x, y in zip(sum(a, []), sum(b, [])):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("name,kw", [("RMSprop", dict(lr=1e-2, momentum=0.9, centered=True)),
+                                     ("Adagrad", dict(lr=0.05, lr_decay=0.01))])
+def test_rmsprop_adagrad_trajectory_triton_matches_torch(name, kw):
+    ours_m, ref_m = _model(), _model()
+    with mte.use_backend("triton"):
+        _train(ours_m, getattr(mte.optim, name)(ours_m.parameters(), **kw))
+    _train(ref_m, getattr(torch.optim, name)(ref_m.parameters(), foreach=False, **kw))
+    for a, b in zip(ours_m.parameters(), ref_m.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())

@@ -60,6 +60,40 @@ void adam_step_autograd(at::TensorList params, at::TensorList grads, at::TensorL
   if (optim::present(grad_scale) || optim::present(clip_total_norm)) bump(grads);
 }
 
+void rmsprop_step_autograd(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                           at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
+                           double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
+                           bool maximize, const OptT& grad_scale, const OptT& found_inf, const OptT& clip_total_norm,
+                           double clip_max_norm) {
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    optim::rmsprop_step_op().call(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha,
+                                  eps, weight_decay, momentum, centered, maximize, grad_scale, found_inf,
+                                  clip_total_norm, clip_max_norm);
+  }
+  bump(params);
+  bump(square_avgs);
+  bump(grad_avgs);
+  bump(momentum_buffers);
+  bump(state_steps);
+  if (optim::present(grad_scale) || optim::present(clip_total_norm)) bump(grads);
+}
+
+void adagrad_step_autograd(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
+                           at::TensorList state_steps, double lr, double lr_decay, double weight_decay, double eps,
+                           bool maximize, const OptT& grad_scale, const OptT& found_inf, const OptT& clip_total_norm,
+                           double clip_max_norm) {
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    optim::adagrad_step_op().call(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
+                                  grad_scale, found_inf, clip_total_norm, clip_max_norm);
+  }
+  bump(params);
+  bump(state_sums);
+  bump(state_steps);
+  if (optim::present(grad_scale) || optim::present(clip_total_norm)) bump(grads);
+}
+
 void clip_scale_autograd(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {
   {
     at::AutoDispatchBelowADInplaceOrView below;
@@ -73,6 +107,8 @@ void clip_scale_autograd(at::TensorList tensors, const at::Tensor& total_norm, d
 TORCH_LIBRARY_IMPL(minitorch_ext, Autograd, m) {
   m.impl("sgd_step_", &sgd_step_autograd);
   m.impl("adam_step_", &adam_step_autograd);
+  m.impl("rmsprop_step_", &rmsprop_step_autograd);
+  m.impl("adagrad_step_", &adagrad_step_autograd);
   m.impl("clip_scale_", &clip_scale_autograd);
 }
 

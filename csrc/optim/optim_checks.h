@@ -79,6 +79,74 @@ inline void check_sgd_args(at::TensorList params, at::TensorList grads, at::Tens
   check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
 }
 
+// state_steps[i]: a float32/float64 scalar, on the CPU for the CPU kernels and
+// beside params[i] (where torch's fused optimizers keep `step`) for CUDA.
+template <bool kCuda>
+inline void check_step(const at::Tensor& s, size_t i, const at::Tensor& p) {
+  TORCH_CHECK(s.numel() == 1 && (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble), "state_steps[",
+              i, "]: expected a float32 or float64 tensor with one element, got ", s.scalar_type(), " of shape ",
+              s.sizes());
+  if (kCuda) {
+    TORCH_CHECK(s.device() == p.device(), "state_steps[", i, "]: expected a tensor on ", p.device(),
+                " (the device of params[", i, "], where torch's fused optimizers keep `step`), got one on ",
+                s.device());
+  } else {
+    TORCH_CHECK(s.device().is_cpu(), "state_steps[", i, "]: expected a CPU tensor, got one on ", s.device());
+  }
+}
+
+// Every argument of rmsprop_step_ (grad_avgs only when centered, momentum
+// buffers only when momentum != 0).
+template <bool kCuda>
+inline void check_rmsprop_args(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                               at::TensorList grad_avgs, at::TensorList momentum_buffers,
+                               at::TensorList state_steps, bool centered, bool has_momentum,
+                               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                               const std::optional<at::Tensor>& clip_total_norm) {
+  const size_t n = params.size();
+  check_list_len(grads, "grads", n);
+  check_list_len(square_avgs, "square_avgs", n);
+  if (centered) check_list_len(grad_avgs, "grad_avgs", n);
+  if (has_momentum) check_list_len(momentum_buffers, "momentum_buffers", n);
+  check_list_len(state_steps, "state_steps", n);
+  if (n == 0) return;
+  const at::Tensor& p0 = params[0];
+  for (size_t i = 0; i < n; ++i) {
+    check_param<kCuda>(params[i], i, p0);
+    check_like(grads[i], "grads", i, params[i]);
+    check_like(square_avgs[i], "square_avgs", i, params[i]);
+    if (centered) check_like(grad_avgs[i], "grad_avgs", i, params[i]);
+    if (has_momentum) check_like(momentum_buffers[i], "momentum_buffers", i, params[i]);
+    check_step<kCuda>(state_steps[i], i, params[i]);
+  }
+  check_scalar_tensor(grad_scale, "grad_scale", p0);
+  check_scalar_tensor(found_inf, "found_inf", p0);
+  check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
+}
+
+// Every argument of adagrad_step_.
+template <bool kCuda>
+inline void check_adagrad_args(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
+                               at::TensorList state_steps, const std::optional<at::Tensor>& grad_scale,
+                               const std::optional<at::Tensor>& found_inf,
+                               const std::optional<at::Tensor>& clip_total_norm) {
+  const size_t n = params.size();
+  check_list_len(grads, "grads", n);
+  check_list_len(state_sums, "state_sums", n);
+  check_list_len(state_steps, "state_steps", n);
+  if (n == 0) return;
+  const at::Tensor& p0 = params[0];
+  for (size_t i = 0; i < n; ++i) {
+    check_param<kCuda>(params[i], i, p0);
+    check_like(grads[i], "grads", i, params[i]);
+    check_like(state_sums[i], "state_sums", i, params[i]);
+    check_step<kCuda>(state_steps[i], i, params[i]);
+  }
+  check_scalar_tensor(grad_scale, "grad_scale", p0);
+  check_scalar_tensor(found_inf, "found_inf", p0);
+  check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
+}
+
 // Every argument of adam_step_ (lists, per-parameter tensors, steps, scalar
 // tensors). Steps live on the CPU for the CPU kernel and beside each param
 // (as torch's fused optimizers keep them) for the CUDA kernel.
@@ -103,17 +171,7 @@ inline void check_adam_args(at::TensorList params, at::TensorList grads, at::Ten
     check_like(exp_avgs[i], "exp_avgs", i, params[i]);
     check_like(exp_avg_sqs[i], "exp_avg_sqs", i, params[i]);
     if (amsgrad) check_like(max_exp_avg_sqs[i], "max_exp_avg_sqs", i, params[i]);
-    const auto& s = state_steps[i];
-    TORCH_CHECK(s.numel() == 1 && (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),
-                "state_steps[", i, "]: expected a float32 or float64 tensor with one element, got ", s.scalar_type(),
-                " of shape ", s.sizes());
-    if (kCuda) {
-      TORCH_CHECK(s.device() == params[i].device(), "state_steps[", i, "]: expected a tensor on ",
-                  params[i].device(), " (the device of params[", i,
-                  "], where torch's fused optimizers keep `step`), got one on ", s.device());
-    } else {
-      TORCH_CHECK(s.device().is_cpu(), "state_steps[", i, "]: expected a CPU tensor, got one on ", s.device());
-    }
+    check_step<kCuda>(state_steps[i], i, params[i]);
   }
   check_scalar_tensor(lr_tensor, "lr_tensor", p0);
   check_scalar_tensor(grad_scale, "grad_scale", p0);

@@ -483,6 +483,232 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
 }
 
 // ===========================================================================
+// RMSprop
+// ===========================================================================
+// x, forced through memory: a product computed into x stays a rounded value.
+// GCC contracts `a * b + c` written with at::vec operators into one FMA
+// (-ffp-contract=fast is its default), which is right where torch's own
+// kernel does the same, and wrong where torch rounds the product in a
+// separate op (RMSprop's buf.mul_(momentum), then addcdiv_).
+template <typename V>
+inline V rounded(V x) {
+  asm volatile("" : "+m"(x));
+  return x;
+}
+
+template <typename T>
+struct RmspropConsts {
+  T grad_scale, clip, wd, alpha, w, w_minus_1, eps, momentum, neg_lr;
+  bool has_scale, has_clip, maximize, has_wd, lerp_small;
+};
+
+template <typename scalar_t, bool kCentered, bool kMomentum>
+void rmsprop_segment(scalar_t* p, scalar_t* g, scalar_t* sq, scalar_t* ga, scalar_t* buf, int64_t n,
+                     const RmspropConsts<typename VecIO<scalar_t>::opmath_t>& c) {
+  using IO = VecIO<scalar_t>;
+  using V = typename IO::V;
+  constexpr int K = IO::kParts;
+  const V vscale(c.grad_scale), vclip(c.clip), vwd(c.wd), valpha(c.alpha), vw(c.w), vwm1(c.w_minus_1),
+      veps(c.eps), vmom(c.momentum), vneglr(c.neg_lr);
+  auto body = [&](int64_t i, int64_t len) __attribute__((always_inline)) {
+    V P[K], G[K], S[K], A[K], B[K];
+    IO::load(p + i, P, len);
+    IO::load(g + i, G, len);
+    IO::load(sq + i, S, len);
+    if constexpr (kCentered) IO::load(ga + i, A, len);
+    if constexpr (kMomentum) IO::load(buf + i, B, len);
+    if (c.has_scale) {
+      for (int k = 0; k < K; ++k) G[k] = G[k] / vscale;
+      IO::store(g + i, G, len);
+    }
+    if (c.has_clip) apply_clip<IO>(g + i, G, vclip, len);  // grad.mul_(clip_coef)
+    for (int k = 0; k < K; ++k) {
+      V gk = G[k];
+      if (c.maximize) gk = gk.neg();
+      if (c.has_wd) gk = at::vec::fmadd(P[k], vwd, gk);  // grad.add(param, alpha=wd)
+      // square_avg.mul_(alpha).addcmul_(grad, grad, value=1-alpha)
+      S[k] = at::vec::fmadd(vw * gk, gk, S[k] * valpha);
+      V avg;
+      if constexpr (kCentered) {
+        // grad_avg.lerp_(grad, 1-alpha); avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        const V diff = gk - A[k];
+        A[k] = c.lerp_small ? at::vec::fmadd(vw, diff, A[k]) : at::vec::fmadd(vwm1, diff, gk);
+        avg = at::vec::fmadd(A[k].neg(), A[k], S[k]).sqrt();
+      } else {
+        avg = S[k].sqrt();
+      }
+      avg = avg + veps;  // .add_(eps)
+      if constexpr (kMomentum) {
+        B[k] = rounded(B[k] * vmom) + gk / avg;       // buf.mul_(momentum).addcdiv_(grad, avg)
+        P[k] = at::vec::fmadd(B[k], vneglr, P[k]);    // param.add_(buf, alpha=-lr)
+      } else {
+        P[k] = P[k] + (vneglr * gk) / avg;            // param.addcdiv_(grad, avg, value=-lr)
+      }
+    }
+    IO::store(p + i, P, len);
+    IO::store(sq + i, S, len);
+    if constexpr (kCentered) IO::store(ga + i, A, len);
+    if constexpr (kMomentum) IO::store(buf + i, B, len);
+  };
+  constexpr int64_t kB = IO::kBlock;
+  int64_t i = 0;
+  for (; i + 4 * kB <= n; i += 4 * kB) {  // unrolled: four blocks in flight
+    body(i, kB);
+    body(i + kB, kB);
+    body(i + 2 * kB, kB);
+    body(i + 3 * kB, kB);
+  }
+  for (; i < n; i += kB) body(i, std::min<int64_t>(kB, n - i));
+}
+
+void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                      at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
+                      double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
+                      bool maximize, const std::optional<at::Tensor>& grad_scale,
+                      const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& clip_total_norm,
+                      double clip_max_norm) {
+  const bool has_momentum = momentum != 0.0;
+  optim::check_rmsprop_args<false>(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, centered,
+                                   has_momentum, grad_scale, found_inf, clip_total_norm);
+  const size_t n = params.size();
+  if (n == 0) return;
+  if (skip_for_inf(found_inf)) return;
+  for (size_t i = 0; i < n; ++i) increment_step(state_steps[i]);  // `step` is counted, not used, by RMSprop
+  const bool has_scale = grad_scale.has_value() && grad_scale->defined();
+  const float scale_f = has_scale ? static_cast<float>(scalar_value(*grad_scale)) : 1.0f;
+  const StepClip clip = step_clip(clip_total_norm, clip_max_norm);
+
+  for (const auto& grp : group_by_dtype(params)) {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grp.dtype, "rmsprop_step_", [&] {
+      using opmath_t = typename VecIO<scalar_t>::opmath_t;
+      RmspropConsts<opmath_t> c;
+      c.grad_scale = static_cast<opmath_t>(scale_f);
+      c.clip = static_cast<opmath_t>(clip.coef);
+      c.wd = static_cast<opmath_t>(weight_decay);
+      c.alpha = static_cast<opmath_t>(alpha);
+      c.w = static_cast<opmath_t>(1.0 - alpha);
+      c.w_minus_1 = c.w - opmath_t(1);
+      c.eps = static_cast<opmath_t>(eps);
+      c.momentum = static_cast<opmath_t>(momentum);
+      c.neg_lr = static_cast<opmath_t>(-lr);
+      c.has_scale = has_scale;
+      c.has_clip = clip.has;
+      c.maximize = maximize;
+      c.has_wd = weight_decay != 0.0;
+      c.lerp_small = std::abs(c.w) < opmath_t(0.5);
+      const int64_t nparts = num_parts(grp.offsets.back());
+      for_each_part(grp.offsets, nparts, [&](int64_t t, int64_t, int64_t b, int64_t e) {
+        const int64_t i = grp.idx[t];
+        scalar_t* pp = ptr<scalar_t>(params[i]) + b;
+        scalar_t* gp = ptr<scalar_t>(grads[i]) + b;
+        scalar_t* sp = ptr<scalar_t>(square_avgs[i]) + b;
+        scalar_t* ap = centered ? ptr<scalar_t>(grad_avgs[i]) + b : nullptr;
+        scalar_t* bp = has_momentum ? ptr<scalar_t>(momentum_buffers[i]) + b : nullptr;
+        if (centered && has_momentum) {
+          rmsprop_segment<scalar_t, true, true>(pp, gp, sp, ap, bp, e - b, c);
+        } else if (centered) {
+          rmsprop_segment<scalar_t, true, false>(pp, gp, sp, ap, bp, e - b, c);
+        } else if (has_momentum) {
+          rmsprop_segment<scalar_t, false, true>(pp, gp, sp, ap, bp, e - b, c);
+        } else {
+          rmsprop_segment<scalar_t, false, false>(pp, gp, sp, ap, bp, e - b, c);
+        }
+      });
+    });
+  }
+}
+
+// ===========================================================================
+// Adagrad
+// ===========================================================================
+template <typename T>
+struct AdagradConsts {
+  T grad_scale, clip, wd, eps;
+  bool has_scale, has_clip, maximize, has_wd;
+};
+
+template <typename scalar_t>
+void adagrad_segment(scalar_t* p, scalar_t* g, scalar_t* sum, int64_t n,
+                     const AdagradConsts<typename VecIO<scalar_t>::opmath_t>& c,
+                     typename VecIO<scalar_t>::opmath_t neg_clr) {
+  using IO = VecIO<scalar_t>;
+  using V = typename IO::V;
+  constexpr int K = IO::kParts;
+  const V vscale(c.grad_scale), vclip(c.clip), vwd(c.wd), veps(c.eps), vnegclr(neg_clr);
+  auto body = [&](int64_t i, int64_t len) __attribute__((always_inline)) {
+    V P[K], G[K], S[K];
+    IO::load(p + i, P, len);
+    IO::load(g + i, G, len);
+    IO::load(sum + i, S, len);
+    if (c.has_scale) {
+      for (int k = 0; k < K; ++k) G[k] = G[k] / vscale;
+      IO::store(g + i, G, len);
+    }
+    if (c.has_clip) apply_clip<IO>(g + i, G, vclip, len);  // grad.mul_(clip_coef)
+    for (int k = 0; k < K; ++k) {
+      V gk = G[k];
+      if (c.maximize) gk = gk.neg();
+      if (c.has_wd) gk = at::vec::fmadd(P[k], vwd, gk);  // grad.add(param, alpha=wd)
+      S[k] = at::vec::fmadd(gk, gk, S[k]);               // state_sum.addcmul_(grad, grad, value=1)
+      const V std_ = S[k].sqrt() + veps;                 // state_sum.sqrt().add_(eps)
+      P[k] = P[k] + (vnegclr * gk) / std_;               // param.addcdiv_(grad, std, value=-clr)
+    }
+    IO::store(p + i, P, len);
+    IO::store(sum + i, S, len);
+  };
+  constexpr int64_t kB = IO::kBlock;
+  int64_t i = 0;
+  for (; i + 4 * kB <= n; i += 4 * kB) {  // unrolled: four blocks in flight
+    body(i, kB);
+    body(i + kB, kB);
+    body(i + 2 * kB, kB);
+    body(i + 3 * kB, kB);
+  }
+  for (; i < n; i += kB) body(i, std::min<int64_t>(kB, n - i));
+}
+
+void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
+                      at::TensorList state_steps, double lr, double lr_decay, double weight_decay, double eps,
+                      bool maximize, const std::optional<at::Tensor>& grad_scale,
+                      const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& clip_total_norm,
+                      double clip_max_norm) {
+  optim::check_adagrad_args<false>(params, grads, state_sums, state_steps, grad_scale, found_inf, clip_total_norm);
+  const size_t n = params.size();
+  if (n == 0) return;
+  if (skip_for_inf(found_inf)) return;
+  // clr = lr / (1 + (step - 1) * lr_decay), in double as Python computes it, per tensor.
+  std::vector<double> neg_clr(n);
+  for (size_t i = 0; i < n; ++i) {
+    const double step = increment_step(state_steps[i]);
+    neg_clr[i] = -(lr / (1.0 + (step - 1.0) * lr_decay));
+  }
+  const bool has_scale = grad_scale.has_value() && grad_scale->defined();
+  const float scale_f = has_scale ? static_cast<float>(scalar_value(*grad_scale)) : 1.0f;
+  const StepClip clip = step_clip(clip_total_norm, clip_max_norm);
+
+  for (const auto& grp : group_by_dtype(params)) {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grp.dtype, "adagrad_step_", [&] {
+      using opmath_t = typename VecIO<scalar_t>::opmath_t;
+      AdagradConsts<opmath_t> c;
+      c.grad_scale = static_cast<opmath_t>(scale_f);
+      c.clip = static_cast<opmath_t>(clip.coef);
+      c.wd = static_cast<opmath_t>(weight_decay);
+      c.eps = static_cast<opmath_t>(eps);
+      c.has_scale = has_scale;
+      c.has_clip = clip.has;
+      c.maximize = maximize;
+      c.has_wd = weight_decay != 0.0;
+      const int64_t nparts = num_parts(grp.offsets.back());
+      for_each_part(grp.offsets, nparts, [&](int64_t t, int64_t, int64_t b, int64_t e) {
+        const int64_t i = grp.idx[t];
+        adagrad_segment<scalar_t>(ptr<scalar_t>(params[i]) + b, ptr<scalar_t>(grads[i]) + b,
+                                  ptr<scalar_t>(state_sums[i]) + b, e - b, c, static_cast<opmath_t>(neg_clr[i]));
+      });
+    });
+  }
+}
+
+// ===========================================================================
 // Gradient clipping: global norm, then an in-place scale.
 // ===========================================================================
 enum class NormKind { kTwo, kOne, kInf };
@@ -645,6 +871,8 @@ void clip_scale_cpu(at::TensorList tensors, const at::Tensor& total_norm, double
 TORCH_LIBRARY_IMPL(minitorch_ext, CPU, m) {
   m.impl("sgd_step_", &mte::sgd_step_cpu);
   m.impl("adam_step_", &mte::adam_step_cpu);
+  m.impl("rmsprop_step_", &mte::rmsprop_step_cpu);
+  m.impl("adagrad_step_", &mte::adagrad_step_cpu);
   m.impl("total_norm", &mte::total_norm_cpu);
   m.impl("clip_scale_", &mte::clip_scale_cpu);
 }

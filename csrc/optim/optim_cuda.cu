@@ -1,5 +1,6 @@
 // Fused multi-tensor optimizer steps and gradient clipping on CUDA:
-// torch.ops.minitorch_ext.{sgd_step_, adam_step_, total_norm, clip_scale_}.
+// torch.ops.minitorch_ext.{sgd_step_, adam_step_, rmsprop_step_, adagrad_step_,
+// total_norm, clip_scale_}.
 //
 // Algorithm (the per-element arithmetic is csrc/optim/optim_cpu.cpp's, which
 // orders it as torch.optim's single-tensor path does; math in float32 for
@@ -12,6 +13,12 @@
 //   Adam:  g as above (coupled wd for Adam; p *= 1-lr*wd for AdamW);
 //          m = lerp(m, g, 1-b1); v = b2*v + (1-b2)*g*g; [vmax = max(vmax, v)];
 //          p += (-lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+//   RMSprop: g as above (+wd*p); sq = a*sq + (1-a)*g*g;
+//          centered: ga = lerp(ga, g, 1-a), avg = sqrt(sq - ga*ga);
+//          else avg = sqrt(sq);  avg += eps;
+//          momentum: buf = m*buf + g/avg, p += -lr*buf;  else p += -lr*g/avg
+//   Adagrad: g as above (+wd*p); sum += g*g;
+//          p += (-clr)*g / (sqrt(sum) + eps), clr = lr / (1 + (step-1)*lr_decay)
 //   norm:  per-block partial sums of x^2 (|x|, max |x|), then one block adds
 //          the partials in a fixed order (deterministic), sqrt for norm 2.
 //   clip:  x *= min(1, max_norm / (total_norm + 1e-6)), read on the device.
@@ -24,8 +31,8 @@
 //          A coefficient of 1 skips it (no multiply, no write).
 //
 // Launch shape (multi_tensor_apply style). A group's tensors (one dtype per
-// launch) are packed, up to 60 (Adam), 100 (SGD) or 160 (norm, clip) at a
-// time, into a struct passed by
+// launch) are packed, up to 60 (Adam), 72 (RMSprop), 80 (Adagrad), 100 (SGD)
+// or 160 (norm, clip) at a time, into a struct passed by
 // value as a kernel argument (__grid_constant__, < 4 KB): per tensor its D
 // base pointers (param, grad, state...), its numel, and a prefix sum of its
 // chunk counts. Every block owns one fixed-size chunk of one tensor: it finds
@@ -42,7 +49,8 @@
 // beside the params, as torch's fused optimizers keep them) are incremented
 // by a small prologue launch (one thread per step) before the update launch;
 // in the update launch thread 0 of each block reads its tensor's new step and
-// computes the bias corrections (double, as Python does) into shared memory.
+// computes the bias corrections (Adam) or the decayed lr (Adagrad) (double,
+// as Python does) into shared memory; RMSprop's update does not read the step.
 // grad_scale, found_inf, lr_tensor and clip_total_norm are read inside the
 // kernels: no host synchronisation anywhere. A non-zero found_inf makes every
 // launch return before it touches anything (no param, state, grad or step
@@ -50,7 +58,10 @@
 //
 // Memory traffic per element (4-byte params): SGD+momentum reads p, g, buf and
 // writes p, buf (20 B); Adam reads p, g, m, v and writes p, m, v (28 B, +8 B
-// with amsgrad, +4 B when the unscaled grad is written back); the folded clip
+// with amsgrad, +4 B when the unscaled grad is written back); RMSprop reads
+// p, g, sq [, ga] [, buf] and writes them, g aside (20 B plain, +8 B centered,
+// +8 B with momentum); Adagrad reads p, g, sum and writes p, sum (20 B); the
+// unscaled grad's write adds 4 B to both, as to Adam; the folded clip
 // adds one write of the grad (+4 B) when its coefficient is not 1 (none more
 // with grad_scale: the unscaled, clipped grad is written once) and saves the
 // separate clip_scale_ pass (8 B); total_norm reads each element once (4 B)
@@ -238,6 +249,8 @@ struct TensorTable {
 // Table sizes so that the table plus the op's scalar arguments fit 4 KB.
 using SgdTable = TensorTable<3, 100>;    // p, g, buf
 using AdamTable = TensorTable<6, 60>;    // p, g, m, v, vmax, step
+using RmspropTable = TensorTable<5, 72>; // p, g, square_avg, grad_avg, momentum_buffer
+using AdagradTable = TensorTable<4, 80>; // p, g, state_sum, step
 using UnaryTable = TensorTable<1, 160>;  // x (norm, clip)
 
 // Which tensor and which slice of it this block owns.
@@ -522,6 +535,166 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(const __grid_constant__ 
 }
 
 // ===========================================================================
+// RMSprop
+// ===========================================================================
+struct RmspropArgs {
+  double lr, alpha, eps, weight_decay, momentum, clip_max_norm;
+  DevScalar scale, found_inf, clip;  // clip: clip_total_norm
+  bool centered, has_momentum, maximize;
+};
+
+// No per-tensor scalars: RMSprop's update does not read the step (the
+// prologue still increments it, as torch does).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) rmsprop_kernel(const __grid_constant__ RmspropTable tab,
+                                                           const RmspropArgs a) {
+  using A = at::opmath_type<T>;
+  if (skip_for_inf(a.found_inf)) return;
+  const auto w = locate(tab);
+  T* p = static_cast<T*>(tab.ptr[0][w.t]) + w.start;
+  T* g = static_cast<T*>(tab.ptr[1][w.t]) + w.start;
+  T* sq = static_cast<T*>(tab.ptr[2][w.t]) + w.start;
+  T* ga = a.centered ? static_cast<T*>(tab.ptr[3][w.t]) + w.start : nullptr;
+  T* b = a.has_momentum ? static_cast<T*>(tab.ptr[4][w.t]) + w.start : nullptr;
+  // Scalars rounded to the opmath type as the CPU kernel rounds them.
+  const bool has_scale = a.scale.present();
+  const A scale = static_cast<A>(has_scale ? ieee::to_f32(a.scale.get()) : 1.0f);  // float -> A: exact
+  const A wd = ieee::to<A>(a.weight_decay);
+  const A alpha = ieee::to<A>(a.alpha);
+  const A lw = ieee::to<A>(ieee::sub(1.0, a.alpha));  // 1-alpha: addcmul value and lerp weight
+  const A lw_minus_1 = ieee::sub(lw, A(1));
+  const bool lerp_small = ieee::abs(lw) < A(0.5);
+  const A eps = ieee::to<A>(a.eps);
+  const A mom = ieee::to<A>(a.momentum);
+  const A neg_lr = ieee::to<A>(-a.lr);  // double negation: exact
+  const StepClip<A> clip = step_clip<A>(a.clip, a.clip_max_norm);
+  const bool has_wd = a.weight_decay != 0.0;
+  const bool vec = aligned<T>(p) && aligned<T>(g) && aligned<T>(sq) && (ga == nullptr || aligned<T>(ga)) &&
+                   (b == nullptr || aligned<T>(b));
+
+  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < w.n; i += kThreads * kILP) {
+    const int cnt = static_cast<int>(min64(kILP, w.n - i));
+    A P[kILP], G[kILP], S[kILP], GA[kILP], B[kILP];
+    load_n(p, i, cnt, vec, P);
+    load_n(g, i, cnt, vec, G);
+    load_n(sq, i, cnt, vec, S);
+    if (a.centered) load_n(ga, i, cnt, vec, GA);
+    if (a.has_momentum) load_n(b, i, cnt, vec, B);
+    if (has_scale) {
+#pragma unroll
+      for (int k = 0; k < kILP; ++k) G[k] = ieee::div(G[k], scale);  // GradScaler's unscale_
+    }
+    if (clip.on) {
+#pragma unroll
+      for (int k = 0; k < kILP; ++k) G[k] = round_to<T>(ieee::mul(G[k], clip.coef));  // grad.mul_(clip_coef)
+    }
+    if (has_scale || clip.on) store_n(g, i, cnt, vec, G);  // the grad written back, once
+#pragma unroll
+    for (int k = 0; k < kILP; ++k) {
+      A gk = G[k];
+      if (a.maximize) gk = ieee::neg(gk);
+      if (has_wd) gk = ieee::fma(P[k], wd, gk);  // grad.add(param, alpha=wd)
+      // square_avg.mul_(alpha).addcmul_(grad, grad, value=1-alpha)
+      S[k] = ieee::fma(ieee::mul(lw, gk), gk, ieee::mul(S[k], alpha));
+      A avg;
+      if (a.centered) {
+        // grad_avg.lerp_(grad, 1-alpha), as ATen's lerp computes it
+        const A diff = ieee::sub(gk, GA[k]);
+        GA[k] = lerp_small ? ieee::fma(lw, diff, GA[k]) : ieee::fma(lw_minus_1, diff, gk);
+        // square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        avg = ieee::sqrt(ieee::fma(ieee::neg(GA[k]), GA[k], S[k]));
+      } else {
+        avg = ieee::sqrt(S[k]);  // square_avg.sqrt()
+      }
+      avg = ieee::add(avg, eps);  // avg.add_(eps)
+      if (a.has_momentum) {
+        // buf.mul_(momentum).addcdiv_(grad, avg); param.add_(buf, alpha=-lr)
+        B[k] = ieee::add(ieee::mul(B[k], mom), ieee::div(gk, avg));
+        P[k] = ieee::fma(B[k], neg_lr, P[k]);
+      } else {
+        // param.addcdiv_(grad, avg, value=-lr)
+        P[k] = ieee::add(P[k], ieee::div(ieee::mul(neg_lr, gk), avg));
+      }
+    }
+    store_n(p, i, cnt, vec, P);
+    store_n(sq, i, cnt, vec, S);
+    if (a.centered) store_n(ga, i, cnt, vec, GA);
+    if (a.has_momentum) store_n(b, i, cnt, vec, B);
+  }
+}
+
+// ===========================================================================
+// Adagrad
+// ===========================================================================
+struct AdagradArgs {
+  double lr, lr_decay, weight_decay, eps, clip_max_norm;
+  DevScalar scale, found_inf, clip;  // clip: clip_total_norm
+  bool maximize;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) adagrad_kernel(const __grid_constant__ AdagradTable tab,
+                                                           const AdagradArgs a) {
+  using A = at::opmath_type<T>;
+  if (skip_for_inf(a.found_inf)) return;
+  const auto w = locate(tab);
+
+  // Per-tensor step size from the (already incremented) step: computed once
+  // per block by thread 0, in double as Python computes it, like the CPU
+  // kernel: clr = lr / (1 + (step - 1) * lr_decay).
+  __shared__ A s_neg_clr;
+  if (threadIdx.x == 0) {
+    const void* sp = tab.ptr[3][w.t];
+    const double step = tab.flag[w.t] ? *static_cast<const double*>(sp)
+                                      : ieee::to_f64(*static_cast<const float*>(sp));
+    const double clr = ieee::div(a.lr, ieee::add(1.0, ieee::mul(ieee::sub(step, 1.0), a.lr_decay)));
+    s_neg_clr = ieee::to<A>(-clr);  // double negation: exact
+  }
+  __syncthreads();
+  const A neg_clr = s_neg_clr;
+
+  T* p = static_cast<T*>(tab.ptr[0][w.t]) + w.start;
+  T* g = static_cast<T*>(tab.ptr[1][w.t]) + w.start;
+  T* sum = static_cast<T*>(tab.ptr[2][w.t]) + w.start;
+  const bool has_scale = a.scale.present();
+  const A scale = static_cast<A>(has_scale ? ieee::to_f32(a.scale.get()) : 1.0f);  // float -> A: exact
+  const A wd = ieee::to<A>(a.weight_decay);
+  const A eps = ieee::to<A>(a.eps);
+  const StepClip<A> clip = step_clip<A>(a.clip, a.clip_max_norm);
+  const bool has_wd = a.weight_decay != 0.0;
+  const bool vec = aligned<T>(p) && aligned<T>(g) && aligned<T>(sum);
+
+  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < w.n; i += kThreads * kILP) {
+    const int cnt = static_cast<int>(min64(kILP, w.n - i));
+    A P[kILP], G[kILP], S[kILP];
+    load_n(p, i, cnt, vec, P);
+    load_n(g, i, cnt, vec, G);
+    load_n(sum, i, cnt, vec, S);
+    if (has_scale) {
+#pragma unroll
+      for (int k = 0; k < kILP; ++k) G[k] = ieee::div(G[k], scale);  // GradScaler's unscale_
+    }
+    if (clip.on) {
+#pragma unroll
+      for (int k = 0; k < kILP; ++k) G[k] = round_to<T>(ieee::mul(G[k], clip.coef));  // grad.mul_(clip_coef)
+    }
+    if (has_scale || clip.on) store_n(g, i, cnt, vec, G);  // the grad written back, once
+#pragma unroll
+    for (int k = 0; k < kILP; ++k) {
+      A gk = G[k];
+      if (a.maximize) gk = ieee::neg(gk);
+      if (has_wd) gk = ieee::fma(P[k], wd, gk);  // grad.add(param, alpha=wd)
+      S[k] = ieee::fma(gk, gk, S[k]);  // state_sum.addcmul_(grad, grad, value=1)
+      // std = state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)
+      const A denom = ieee::add(ieee::sqrt(S[k]), eps);
+      P[k] = ieee::add(P[k], ieee::div(ieee::mul(neg_clr, gk), denom));
+    }
+    store_n(p, i, cnt, vec, P);
+    store_n(sum, i, cnt, vec, S);
+  }
+}
+
+// ===========================================================================
 // Gradient clipping: global norm (two stages), then an in-place scale.
 // ===========================================================================
 enum NormKind : int { kTwo = 0, kOne = 1, kInf = 2 };
@@ -621,6 +794,10 @@ __global__ void __launch_bounds__(kThreads) clip_scale_kernel(const __grid_const
 
 static_assert(sizeof(SgdTable) + sizeof(SgdArgs) <= kMaxParamBytes, "SgdTable too large for a kernel argument");
 static_assert(sizeof(AdamTable) + sizeof(AdamArgs) <= kMaxParamBytes, "AdamTable too large for a kernel argument");
+static_assert(sizeof(RmspropTable) + sizeof(RmspropArgs) <= kMaxParamBytes,
+              "RmspropTable too large for a kernel argument");
+static_assert(sizeof(AdagradTable) + sizeof(AdagradArgs) <= kMaxParamBytes,
+              "AdagradTable too large for a kernel argument");
 static_assert(sizeof(UnaryTable) + sizeof(ClipArgs) <= kMaxParamBytes, "UnaryTable too large for a kernel argument");
 static_assert(sizeof(StepTable) + sizeof(DevScalar) <= kMaxParamBytes, "StepTable too large for a kernel argument");
 
@@ -717,6 +894,22 @@ std::vector<std::pair<at::ScalarType, std::vector<size_t>>> group_by_dtype(at::T
 #define MTE_DISPATCH_OPTIM_TYPES(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// The steps' prologue: every state_steps[i] += 1 (none if found_inf is
+// non-zero), kMaxSteps per launch, on `stream` before the update launches.
+void increment_steps(at::TensorList state_steps, const DevScalar& found_inf, cudaStream_t stream) {
+  const size_t n = state_steps.size();
+  for (size_t i0 = 0; i0 < n; i0 += kMaxSteps) {
+    StepTable st{};
+    st.n = static_cast<int>(std::min<size_t>(kMaxSteps, n - i0));
+    for (int k = 0; k < st.n; ++k) {
+      st.ptr[k] = state_steps[i0 + k].data_ptr();
+      st.f64[k] = state_steps[i0 + k].scalar_type() == at::kDouble;
+    }
+    increment_steps_kernel<<<(st.n + kThreads - 1) / kThreads, kThreads, 0, stream>>>(st, found_inf);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 // ===========================================================================
 // Ops
 // ===========================================================================
@@ -788,16 +981,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   const DevScalar inf = dev_scalar(found_inf);
 
   // 1. Every step += 1 (the update launches below read the new value).
-  for (size_t i0 = 0; i0 < n; i0 += kMaxSteps) {
-    StepTable st{};
-    st.n = static_cast<int>(std::min<size_t>(kMaxSteps, n - i0));
-    for (int k = 0; k < st.n; ++k) {
-      st.ptr[k] = state_steps[i0 + k].data_ptr();
-      st.f64[k] = state_steps[i0 + k].scalar_type() == at::kDouble;
-    }
-    increment_steps_kernel<<<(st.n + kThreads - 1) / kThreads, kThreads, 0, stream>>>(st, inf);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  increment_steps(state_steps, inf, stream);
 
   // 2. The update, one launch per dtype and table.
   AdamArgs a;
@@ -835,6 +1019,117 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
     MTE_DISPATCH_OPTIM_TYPES(grp.first, "adam_step_cuda", [&] {
       for (const auto& [tab, blocks] : tables) {
         adam_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(tab, a);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  }
+}
+
+void rmsprop_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                       at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
+                       double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
+                       bool maximize, const std::optional<at::Tensor>& grad_scale,
+                       const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& clip_total_norm,
+                       double clip_max_norm) {
+  const bool has_momentum = momentum != 0.0;
+  mte::optim::check_rmsprop_args<true>(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps,
+                                       centered, has_momentum, grad_scale, found_inf, clip_total_norm);
+  const size_t n = params.size();
+  if (n == 0) return;
+  const at::Tensor& p0 = params[0];
+  c10::cuda::CUDAGuard guard(p0.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int sms = sm_count(p0.get_device());
+  const DevScalar inf = dev_scalar(found_inf);
+
+  // 1. Every step += 1 (RMSprop's update does not read it).
+  increment_steps(state_steps, inf, stream);
+
+  // 2. The update, one launch per dtype and table.
+  RmspropArgs a;
+  a.lr = lr;
+  a.alpha = alpha;
+  a.eps = eps;
+  a.weight_decay = weight_decay;
+  a.momentum = momentum;
+  a.clip_max_norm = clip_max_norm;
+  a.scale = dev_scalar(grad_scale);
+  a.found_inf = inf;
+  a.clip = dev_scalar(clip_total_norm);
+  a.centered = centered;
+  a.has_momentum = has_momentum;
+  a.maximize = maximize;
+
+  for (const auto& grp : group_by_dtype(params)) {
+    std::vector<Entry<5>> entries;
+    for (size_t i : grp.second) {
+      if (params[i].numel() == 0) continue;
+      Entry<5> e{};
+      e.ptr[0] = params[i].data_ptr();
+      e.ptr[1] = grads[i].data_ptr();
+      e.ptr[2] = square_avgs[i].data_ptr();
+      e.ptr[3] = centered ? grad_avgs[i].data_ptr() : nullptr;
+      e.ptr[4] = has_momentum ? momentum_buffers[i].data_ptr() : nullptr;
+      e.numel = params[i].numel();
+      entries.push_back(e);
+    }
+    const auto tables = plan<5, 72>(entries, sms);
+    MTE_DISPATCH_OPTIM_TYPES(grp.first, "rmsprop_step_cuda", [&] {
+      for (const auto& [tab, blocks] : tables) {
+        rmsprop_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(tab, a);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  }
+}
+
+void adagrad_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
+                       at::TensorList state_steps, double lr, double lr_decay, double weight_decay, double eps,
+                       bool maximize, const std::optional<at::Tensor>& grad_scale,
+                       const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& clip_total_norm,
+                       double clip_max_norm) {
+  mte::optim::check_adagrad_args<true>(params, grads, state_sums, state_steps, grad_scale, found_inf,
+                                       clip_total_norm);
+  const size_t n = params.size();
+  if (n == 0) return;
+  const at::Tensor& p0 = params[0];
+  c10::cuda::CUDAGuard guard(p0.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int sms = sm_count(p0.get_device());
+  const DevScalar inf = dev_scalar(found_inf);
+
+  // 1. Every step += 1 (the update launches below read the new value).
+  increment_steps(state_steps, inf, stream);
+
+  // 2. The update, one launch per dtype and table.
+  AdagradArgs a;
+  a.lr = lr;
+  a.lr_decay = lr_decay;
+  a.weight_decay = weight_decay;
+  a.eps = eps;
+  a.clip_max_norm = clip_max_norm;
+  a.scale = dev_scalar(grad_scale);
+  a.found_inf = inf;
+  a.clip = dev_scalar(clip_total_norm);
+  a.maximize = maximize;
+
+  for (const auto& grp : group_by_dtype(params)) {
+    std::vector<Entry<4>> entries;
+    for (size_t i : grp.second) {
+      if (params[i].numel() == 0) continue;
+      Entry<4> e{};
+      e.ptr[0] = params[i].data_ptr();
+      e.ptr[1] = grads[i].data_ptr();
+      e.ptr[2] = state_sums[i].data_ptr();
+      e.ptr[3] = state_steps[i].data_ptr();
+      e.numel = params[i].numel();
+      e.flag = state_steps[i].scalar_type() == at::kDouble;
+      entries.push_back(e);
+    }
+    const auto tables = plan<4, 80>(entries, sms);
+    MTE_DISPATCH_OPTIM_TYPES(grp.first, "adagrad_step_cuda", [&] {
+      for (const auto& [tab, blocks] : tables) {
+        adagrad_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(tab, a);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
@@ -964,6 +1259,8 @@ void clip_scale_cuda(at::TensorList tensors, const at::Tensor& total_norm, doubl
 TORCH_LIBRARY_IMPL(minitorch_ext, CUDA, m) {
   m.impl("sgd_step_", &sgd_step_cuda);
   m.impl("adam_step_", &adam_step_cuda);
+  m.impl("rmsprop_step_", &rmsprop_step_cuda);
+  m.impl("adagrad_step_", &adagrad_step_cuda);
   m.impl("total_norm", &total_norm_cuda);
   m.impl("clip_scale_", &clip_scale_cuda);
 }

@@ -15,6 +15,11 @@ using SgdStepSig = void(at::TensorList, at::TensorList, at::TensorList, double, 
 using AdamStepSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
                          at::TensorList, double, double, double, double, double, bool, bool, bool, const OptT&,
                          const OptT&, const OptT&, const OptT&, double);
+using RmspropStepSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                            at::TensorList, double, double, double, double, double, bool, bool, const OptT&,
+                            const OptT&, const OptT&, double);
+using AdagradStepSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double, double, double,
+                            double, bool, const OptT&, const OptT&, const OptT&, double);
 using TotalNormSig = at::Tensor(at::TensorList, double);
 using ClipScaleSig = void(at::TensorList, const at::Tensor&, double);
 
@@ -30,6 +35,14 @@ inline const auto& sgd_step_op() {
 }
 inline const auto& adam_step_op() {
   static const auto op = find_op<AdamStepSig>("minitorch_ext::adam_step_");
+  return op;
+}
+inline const auto& rmsprop_step_op() {
+  static const auto op = find_op<RmspropStepSig>("minitorch_ext::rmsprop_step_");
+  return op;
+}
+inline const auto& adagrad_step_op() {
+  static const auto op = find_op<AdagradStepSig>("minitorch_ext::adagrad_step_");
   return op;
 }
 inline const auto& total_norm_op() {

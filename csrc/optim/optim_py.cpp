@@ -74,6 +74,28 @@ void adam_step(const TL& params, const TL& grads, const TL& exp_avgs, const TL& 
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
+void rmsprop_step(const TL& params, const TL& grads, const TL& square_avgs, const TL& grad_avgs,
+                  const TL& momentum_buffers, const TL& state_steps, double lr, double alpha, double eps,
+                  double weight_decay, double momentum, bool centered, bool maximize, const OptT& grad_scale,
+                  const OptT& found_inf, const OptT& clip_total_norm, double clip_max_norm) {
+  HANDLE_TH_ERRORS
+  py::gil_scoped_release no_gil;
+  optim::rmsprop_step_op().call(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
+                                weight_decay, momentum, centered, maximize, grad_scale, found_inf, clip_total_norm,
+                                clip_max_norm);
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+void adagrad_step(const TL& params, const TL& grads, const TL& state_sums, const TL& state_steps, double lr,
+                  double lr_decay, double weight_decay, double eps, bool maximize, const OptT& grad_scale,
+                  const OptT& found_inf, const OptT& clip_total_norm, double clip_max_norm) {
+  HANDLE_TH_ERRORS
+  py::gil_scoped_release no_gil;
+  optim::adagrad_step_op().call(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
+                                grad_scale, found_inf, clip_total_norm, clip_max_norm);
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
 at::Tensor total_norm(const TL& tensors, double norm_type) {
   HANDLE_TH_ERRORS
   py::gil_scoped_release no_gil;
@@ -195,6 +217,15 @@ void register_optim_eager(py::module& m) {
         py::arg("beta2"), py::arg("weight_decay"), py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"),
         py::arg("decoupled_weight_decay"), py::arg("lr_tensor") = py::none(), py::arg("grad_scale") = py::none(),
         py::arg("found_inf") = py::none(), py::arg("clip_total_norm") = py::none(), py::arg("clip_max_norm") = 0.0);
+  e.def("rmsprop_step_", &rmsprop_step, py::arg("params"), py::arg("grads"), py::arg("square_avgs"),
+        py::arg("grad_avgs"), py::arg("momentum_buffers"), py::arg("state_steps"), py::kw_only(), py::arg("lr"),
+        py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"), py::arg("momentum"), py::arg("centered"),
+        py::arg("maximize"), py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none(),
+        py::arg("clip_total_norm") = py::none(), py::arg("clip_max_norm") = 0.0);
+  e.def("adagrad_step_", &adagrad_step, py::arg("params"), py::arg("grads"), py::arg("state_sums"),
+        py::arg("state_steps"), py::kw_only(), py::arg("lr"), py::arg("lr_decay"), py::arg("weight_decay"),
+        py::arg("eps"), py::arg("maximize"), py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none(),
+        py::arg("clip_total_norm") = py::none(), py::arg("clip_max_norm") = 0.0);
   e.def("sgd_group_step_", &sgd_group_step, py::arg("params"), py::arg("state"), py::kw_only(), py::arg("lr"),
         py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
         py::arg("maximize"), py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none(),

@@ -7,8 +7,8 @@ gradients stay in place between calls, so every call is a full step); `bytes`
 is what a step must move at minimum (read p, g and the state, write p and the
 state). Cases (issue 3): 16 tensors x 1M float32 params (64 MB of params: far
 beyond the 32 MB LLC) and 1,000 tensors x 4,096; against torch's AdamW/Adam
-with foreach=False, foreach=True and fused=True, and SGD(momentum=0.9) against
-all three as well.
+with foreach=False, foreach=True and fused=True, and SGD(momentum=0.9),
+RMSprop and Adagrad against torch's variants of each (RMSprop has no fused=True).
 
 Run alone: python -m minitorch_ext.bench.optim [--quick]
 (prints median ms, interleaved, THP as the environment sets it).
@@ -28,7 +28,13 @@ SHAPES = {"16x1M": (16, 1 << 20), "1000x4096": (1000, 4096)}
 QUICK_SHAPES = {"16x256K": (16, 1 << 18), "1000x1024": (1000, 1024)}
 
 # bytes moved per parameter element (float32): reads + writes
-_BYTES_PER = {"Adam": 4 * (4 + 3), "AdamW": 4 * (4 + 3), "SGD": 4 * (3 + 2)}
+_BYTES_PER = {"Adam": 4 * (4 + 3), "AdamW": 4 * (4 + 3), "SGD": 4 * (3 + 2), "RMSprop": 4 * (3 + 2),
+              "Adagrad": 4 * (3 + 2)}
+_ALGOS = ("AdamW", "Adam", "SGD", "RMSprop", "Adagrad")
+# torch's variants per algorithm (RMSprop has no fused=True)
+_NATIVES = {a: ("foreach=False", "foreach=True", "fused=True") for a in _ALGOS}
+_NATIVES["RMSprop"] = ("foreach=False", "foreach=True")
+_KW = {"SGD": dict(lr=1e-3, momentum=0.9), "RMSprop": dict(lr=1e-3), "Adagrad": dict(lr=1e-2)}
 
 
 def _params(n_tensors: int, numel: int, seed: int = 0, device="cpu"):
@@ -51,7 +57,7 @@ def _clone(ps):
 
 
 def _make(algo: str, impl: str, params):
-    kw = dict(lr=1e-3, weight_decay=1e-2) if algo != "SGD" else dict(lr=1e-3, momentum=0.9)
+    kw = _KW.get(algo, dict(lr=1e-3, weight_decay=1e-2))
     if impl == "ours":
         return getattr(mte.optim, algo)(params, **kw)
     flag = {"foreach=False": dict(foreach=False), "foreach=True": dict(foreach=True),
@@ -64,10 +70,10 @@ def cases(quick: bool = False, device="cpu") -> list[dict]:
     shapes = QUICK_SHAPES if quick else SHAPES
     for case, (n, numel) in shapes.items():
         base = _params(n, numel, device=device)
-        for algo in ("AdamW", "Adam", "SGD"):
+        for algo in _ALGOS:
             ours_opt = _make(algo, "ours", _clone(base))
             ours_opt.step()  # state allocated outside the timed calls
-            for native in ("foreach=False", "foreach=True", "fused=True"):
+            for native in _NATIVES[algo]:
                 nat_opt = _make(algo, native, _clone(base))
                 nat_opt.step()
                 rows.append({

@@ -41,6 +41,22 @@ def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state
     return None
 
 
+@torch.library.register_fake(f"{_lib}::rmsprop_step_")
+def _rmsprop_step_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
+                       weight_decay, momentum, centered, maximize, grad_scale=None, found_inf=None,
+                       clip_total_norm=None, clip_max_norm=0.0):
+    _check_lists(params, ("grads", grads), ("square_avgs", square_avgs), ("grad_avgs", grad_avgs),
+                 ("momentum_buffers", momentum_buffers), ("state_steps", state_steps))
+    return None
+
+
+@torch.library.register_fake(f"{_lib}::adagrad_step_")
+def _adagrad_step_fake(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
+                       grad_scale=None, found_inf=None, clip_total_norm=None, clip_max_norm=0.0):
+    _check_lists(params, ("grads", grads), ("state_sums", state_sums), ("state_steps", state_steps))
+    return None
+
+
 def _norm_dtype(tensors) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -100,6 +116,35 @@ def _adam_step_triton(params: List[Tensor], grads: List[Tensor], exp_avgs: List[
                  found_inf=found_inf, clip_total_norm=clip_total_norm, clip_max_norm=clip_max_norm)
 
 
+@torch.library.custom_op(f"{_lib}::rmsprop_step_triton_",
+                         mutates_args=("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers",
+                                       "state_steps"))
+def _rmsprop_step_triton(params: List[Tensor], grads: List[Tensor], square_avgs: List[Tensor],
+                         grad_avgs: List[Tensor], momentum_buffers: List[Tensor], state_steps: List[Tensor],
+                         lr: float, alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool,
+                         maximize: bool, grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+                         clip_total_norm: Optional[Tensor] = None, clip_max_norm: float = 0.0) -> None:
+    from minitorch_ext.kernels import optim as K
+
+    K.rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr=lr, alpha=alpha,
+                    eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize,
+                    grad_scale=grad_scale, found_inf=found_inf, clip_total_norm=clip_total_norm,
+                    clip_max_norm=clip_max_norm)
+
+
+@torch.library.custom_op(f"{_lib}::adagrad_step_triton_",
+                         mutates_args=("params", "grads", "state_sums", "state_steps"))
+def _adagrad_step_triton(params: List[Tensor], grads: List[Tensor], state_sums: List[Tensor],
+                         state_steps: List[Tensor], lr: float, lr_decay: float, weight_decay: float, eps: float,
+                         maximize: bool, grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+                         clip_total_norm: Optional[Tensor] = None, clip_max_norm: float = 0.0) -> None:
+    from minitorch_ext.kernels import optim as K
+
+    K.adagrad_step_(params, grads, state_sums, state_steps, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                    eps=eps, maximize=maximize, grad_scale=grad_scale, found_inf=found_inf,
+                    clip_total_norm=clip_total_norm, clip_max_norm=clip_max_norm)
+
+
 @torch.library.custom_op(f"{_lib}::total_norm_triton", mutates_args=())
 def _total_norm_triton(tensors: List[Tensor], norm_type: float) -> Tensor:
     from minitorch_ext.kernels import optim as K
@@ -116,15 +161,18 @@ def _clip_scale_triton(tensors: List[Tensor], total_norm: Tensor, max_norm: floa
 
 _sgd_step_triton.register_fake(_sgd_step_fake)
 _adam_step_triton.register_fake(_adam_step_fake)
+_rmsprop_step_triton.register_fake(_rmsprop_step_fake)
+_adagrad_step_triton.register_fake(_adagrad_step_fake)
 _total_norm_triton.register_fake(_total_norm_fake)
 _clip_scale_triton.register_fake(_clip_scale_fake)
 
 _TRITON_NAME = {"sgd_step_": "sgd_step_triton_", "adam_step_": "adam_step_triton_",
+                "rmsprop_step_": "rmsprop_step_triton_", "adagrad_step_": "adagrad_step_triton_",
                 "total_norm": "total_norm_triton", "clip_scale_": "clip_scale_triton_"}
 
 
 def op(name: str, device):
-    """The registered op that runs `name` ("sgd_step_", "adam_step_", "total_norm",
+    """The registered op that runs `name` ("sgd_step_", "adam_step_", "rmsprop_step_", "adagrad_step_", "total_norm",
     "clip_scale_") for tensors on `device` under the current backend: the C++ (CPU)
     or CUDA kernel for "cpp", the Triton kernel for "triton". An unavailable
     backend raises (see minitorch_ext._backend), never falls back to torch."""
