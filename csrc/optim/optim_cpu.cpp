@@ -204,13 +204,38 @@ inline StepClip step_clip(const std::optional<at::Tensor>& clip_total_norm, doub
   return c;
 }
 
-// g *= clip coefficient, rounded to the grad's dtype and written back, as a
-// separate clip_scale_ pass would leave it; G then holds that rounded value.
+// What every step does to a grad block first, as torch's fused optimizers and
+// clip_grad_norm_ would have: GradScaler's unscale (g / scale, written back),
+// then the folded clip (g * coef, rounded to the grad's dtype, written back;
+// G then holds that rounded value).
 template <typename IO, typename scalar_t, typename V>
-inline void apply_clip(scalar_t* g, typename IO::V (&G)[IO::kParts], const V& vclip, int64_t len) {
-  for (int k = 0; k < IO::kParts; ++k) G[k] = G[k] * vclip;
-  IO::store(g, G, len);
-  if constexpr (!std::is_same_v<scalar_t, typename IO::opmath_t>) IO::load(g, G, len);  // bf16: re-read the rounding
+inline void unscale_and_clip(scalar_t* g, typename IO::V (&G)[IO::kParts], bool has_scale, const V& vscale,
+                             bool has_clip, const V& vclip, int64_t len) {
+  if (has_scale) {
+    for (int k = 0; k < IO::kParts; ++k) G[k] = G[k] / vscale;
+    IO::store(g, G, len);
+  }
+  if (has_clip) {  // grad.mul_(clip_coef)
+    for (int k = 0; k < IO::kParts; ++k) G[k] = G[k] * vclip;
+    IO::store(g, G, len);
+    if constexpr (!std::is_same_v<scalar_t, typename IO::opmath_t>) IO::load(g, G, len);  // bf16: the rounding
+  }
+}
+
+// body(i, len) over [0, n) in blocks of kBlock elements, four full blocks per
+// iteration (four blocks of loads in flight), then the tail block by block
+// (masked loads and stores inside body).
+template <typename IO, typename Body>
+inline void for_each_block(int64_t n, const Body& body) {
+  constexpr int64_t kB = IO::kBlock;
+  int64_t i = 0;
+  for (; i + 4 * kB <= n; i += 4 * kB) {
+    body(i, kB);
+    body(i + kB, kB);
+    body(i + 2 * kB, kB);
+    body(i + 3 * kB, kB);
+  }
+  for (; i < n; i += kB) body(i, std::min<int64_t>(kB, n - i));
 }
 
 // ===========================================================================
@@ -235,11 +260,7 @@ void sgd_segment(scalar_t* p, scalar_t* g, scalar_t* buf, int64_t n,
     IO::load(p + i, P, len);
     IO::load(g + i, G, len);
     if (c.has_momentum && !c.first) IO::load(buf + i, B, len);
-    if (c.has_scale) {
-      for (int k = 0; k < K; ++k) G[k] = G[k] / vscale;
-      IO::store(g + i, G, len);
-    }
-    if (c.has_clip) apply_clip<IO>(g + i, G, vclip, len);  // grad.mul_(clip_coef)
+    unscale_and_clip<IO>(g + i, G, c.has_scale, vscale, c.has_clip, vclip, len);
     for (int k = 0; k < K; ++k) {
       V gk = G[k];
       if (c.maximize) gk = gk.neg();
@@ -257,15 +278,7 @@ void sgd_segment(scalar_t* p, scalar_t* g, scalar_t* buf, int64_t n,
     if (c.has_momentum) IO::store(buf + i, B, len);
     IO::store(p + i, P, len);
   };
-  constexpr int64_t kB = IO::kBlock;
-  int64_t i = 0;
-  for (; i + 4 * kB <= n; i += 4 * kB) {  // unrolled: four blocks in flight
-    body(i, kB);
-    body(i + kB, kB);
-    body(i + 2 * kB, kB);
-    body(i + 3 * kB, kB);
-  }
-  for (; i < n; i += kB) body(i, std::min<int64_t>(kB, n - i));
+  for_each_block<IO>(n, body);
 }
 
 void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
@@ -278,7 +291,6 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
                                clip_total_norm);
   const size_t n = params.size();
   if (n == 0) return;
-  const at::Tensor& p0 = params[0];
   if (skip_for_inf(found_inf)) return;
   const bool has_lr_t = lr_tensor.has_value() && lr_tensor->defined();
   const double lr_v = has_lr_t ? scalar_value(*lr_tensor) : lr;
@@ -345,11 +357,7 @@ void adam_segment(scalar_t* p, scalar_t* g, scalar_t* m, scalar_t* v, scalar_t* 
     IO::load(m + i, M, len);
     IO::load(v + i, S, len);
     if constexpr (kAmsgrad) IO::load(vmax + i, X, len);
-    if (c.has_scale) {
-      for (int k = 0; k < K; ++k) G[k] = G[k] / vscale;
-      IO::store(g + i, G, len);
-    }
-    if (c.has_clip) apply_clip<IO>(g + i, G, vclip, len);  // grad.mul_(clip_coef)
+    unscale_and_clip<IO>(g + i, G, c.has_scale, vscale, c.has_clip, vclip, len);
     for (int k = 0; k < K; ++k) {
       V gk = G[k];
       if (c.maximize) gk = gk.neg();
@@ -374,15 +382,7 @@ void adam_segment(scalar_t* p, scalar_t* g, scalar_t* m, scalar_t* v, scalar_t* 
     IO::store(v + i, S, len);
     if constexpr (kAmsgrad) IO::store(vmax + i, X, len);
   };
-  constexpr int64_t kB = IO::kBlock;
-  int64_t i = 0;
-  for (; i + 4 * kB <= n; i += 4 * kB) {  // unrolled: four blocks in flight
-    body(i, kB);
-    body(i + kB, kB);
-    body(i + 2 * kB, kB);
-    body(i + 3 * kB, kB);
-  }
-  for (; i < n; i += kB) body(i, std::min<int64_t>(kB, n - i));
+  for_each_block<IO>(n, body);
 }
 
 // Adds 1 to a step tensor and returns the new value (as Python would read it).
@@ -407,7 +407,6 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                                 lr_tensor, grad_scale, found_inf, clip_total_norm);
   const size_t n = params.size();
   if (n == 0) return;
-  const at::Tensor& p0 = params[0];
   if (skip_for_inf(found_inf)) return;
   const bool has_lr_t = lr_tensor.has_value() && lr_tensor->defined();
   const bool lr_f32 = has_lr_t && lr_tensor->scalar_type() == at::kFloat;
@@ -517,11 +516,7 @@ void rmsprop_segment(scalar_t* p, scalar_t* g, scalar_t* sq, scalar_t* ga, scala
     IO::load(sq + i, S, len);
     if constexpr (kCentered) IO::load(ga + i, A, len);
     if constexpr (kMomentum) IO::load(buf + i, B, len);
-    if (c.has_scale) {
-      for (int k = 0; k < K; ++k) G[k] = G[k] / vscale;
-      IO::store(g + i, G, len);
-    }
-    if (c.has_clip) apply_clip<IO>(g + i, G, vclip, len);  // grad.mul_(clip_coef)
+    unscale_and_clip<IO>(g + i, G, c.has_scale, vscale, c.has_clip, vclip, len);
     for (int k = 0; k < K; ++k) {
       V gk = G[k];
       if (c.maximize) gk = gk.neg();
@@ -550,15 +545,7 @@ void rmsprop_segment(scalar_t* p, scalar_t* g, scalar_t* sq, scalar_t* ga, scala
     if constexpr (kCentered) IO::store(ga + i, A, len);
     if constexpr (kMomentum) IO::store(buf + i, B, len);
   };
-  constexpr int64_t kB = IO::kBlock;
-  int64_t i = 0;
-  for (; i + 4 * kB <= n; i += 4 * kB) {  // unrolled: four blocks in flight
-    body(i, kB);
-    body(i + kB, kB);
-    body(i + 2 * kB, kB);
-    body(i + 3 * kB, kB);
-  }
-  for (; i < n; i += kB) body(i, std::min<int64_t>(kB, n - i));
+  for_each_block<IO>(n, body);
 }
 
 void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
@@ -640,11 +627,7 @@ void adagrad_segment(scalar_t* p, scalar_t* g, scalar_t* sum, int64_t n,
     IO::load(p + i, P, len);
     IO::load(g + i, G, len);
     IO::load(sum + i, S, len);
-    if (c.has_scale) {
-      for (int k = 0; k < K; ++k) G[k] = G[k] / vscale;
-      IO::store(g + i, G, len);
-    }
-    if (c.has_clip) apply_clip<IO>(g + i, G, vclip, len);  // grad.mul_(clip_coef)
+    unscale_and_clip<IO>(g + i, G, c.has_scale, vscale, c.has_clip, vclip, len);
     for (int k = 0; k < K; ++k) {
       V gk = G[k];
       if (c.maximize) gk = gk.neg();
@@ -656,15 +639,7 @@ void adagrad_segment(scalar_t* p, scalar_t* g, scalar_t* sum, int64_t n,
     IO::store(p + i, P, len);
     IO::store(sum + i, S, len);
   };
-  constexpr int64_t kB = IO::kBlock;
-  int64_t i = 0;
-  for (; i + 4 * kB <= n; i += 4 * kB) {  // unrolled: four blocks in flight
-    body(i, kB);
-    body(i + kB, kB);
-    body(i + 2 * kB, kB);
-    body(i + 3 * kB, kB);
-  }
-  for (; i < n; i += kB) body(i, std::min<int64_t>(kB, n - i));
+  for_each_block<IO>(n, body);
 }
 
 void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
