@@ -110,10 +110,31 @@ inline int64_t num_parts(int64_t total) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total / kMinPerPart));
 }
 
+constexpr int64_t kStripeMin = 1 << 18;  // mean tensor size from which each tensor is split among the threads
+
 template <typename F>
 void for_each_part(const std::vector<int64_t>& offsets, int64_t nparts, const F& fn) {
   const int64_t total = offsets.back();
+  const int64_t ntensors = static_cast<int64_t>(offsets.size()) - 1;
+  // Large tensors: every thread takes its slice of every tensor, so the
+  // threads stream neighbouring memory (as torch's per-tensor parallel_for
+  // does); measured ~10% more bandwidth at 2 threads on 16 x 1M params than
+  // giving each thread whole tensors. Small tensors: the virtual vector is
+  // cut into equal parts, one parallel region for the lot.
+  const bool striped = nparts > 1 && ntensors > 0 && total / ntensors >= kStripeMin;
+  auto run_striped = [&](int64_t part) {
+    for (int64_t t = 0; t < ntensors; ++t) {
+      const int64_t len = offsets[t + 1] - offsets[t];
+      const int64_t b = part == 0 ? 0 : (len * part / nparts) / kAlign * kAlign;
+      const int64_t e = part == nparts - 1 ? len : (len * (part + 1) / nparts) / kAlign * kAlign;
+      if (e > b) fn(t, part, b, e);
+    }
+  };
   auto run_part = [&](int64_t part) {
+    if (striped) {
+      run_striped(part);
+      return;
+    }
     int64_t lo = aligned_boundary(offsets, total * part / nparts);
     const int64_t hi = aligned_boundary(offsets, total * (part + 1) / nparts);
     if (lo >= hi) return;
