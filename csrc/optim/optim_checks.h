@@ -57,12 +57,21 @@ inline void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* 
               ": expected a float32 or float64 tensor, got ", t->scalar_type());
 }
 
+// The scalar tensors every step op takes: GradScaler's grad_scale and
+// found_inf, and the folded clip's total norm.
+inline void check_step_scalars(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                               const std::optional<at::Tensor>& clip_total_norm, const at::Tensor& p0) {
+  check_scalar_tensor(grad_scale, "grad_scale", p0);
+  check_scalar_tensor(found_inf, "found_inf", p0);
+  check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
+}
+
 // Every argument of sgd_step_ (momentum buffers only when momentum != 0).
 template <bool kCuda>
 inline void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                            bool has_momentum, const std::optional<at::Tensor>& lr_tensor,
                            const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                           const std::optional<at::Tensor>& clip_total_norm = std::nullopt) {
+                           const std::optional<at::Tensor>& clip_total_norm) {
   const size_t n = params.size();
   check_list_len(grads, "grads", n);
   if (has_momentum) check_list_len(momentum_buffers, "momentum_buffers", n);
@@ -74,9 +83,7 @@ inline void check_sgd_args(at::TensorList params, at::TensorList grads, at::Tens
     if (has_momentum) check_like(momentum_buffers[i], "momentum_buffers", i, params[i]);
   }
   check_scalar_tensor(lr_tensor, "lr_tensor", p0);
-  check_scalar_tensor(grad_scale, "grad_scale", p0);
-  check_scalar_tensor(found_inf, "found_inf", p0);
-  check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
+  check_step_scalars(grad_scale, found_inf, clip_total_norm, p0);
 }
 
 // state_steps[i]: a float32/float64 scalar, on the CPU for the CPU kernels and
@@ -119,9 +126,7 @@ inline void check_rmsprop_args(at::TensorList params, at::TensorList grads, at::
     if (has_momentum) check_like(momentum_buffers[i], "momentum_buffers", i, params[i]);
     check_step<kCuda>(state_steps[i], i, params[i]);
   }
-  check_scalar_tensor(grad_scale, "grad_scale", p0);
-  check_scalar_tensor(found_inf, "found_inf", p0);
-  check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
+  check_step_scalars(grad_scale, found_inf, clip_total_norm, p0);
 }
 
 // Every argument of adagrad_step_.
@@ -142,9 +147,7 @@ inline void check_adagrad_args(at::TensorList params, at::TensorList grads, at::
     check_like(state_sums[i], "state_sums", i, params[i]);
     check_step<kCuda>(state_steps[i], i, params[i]);
   }
-  check_scalar_tensor(grad_scale, "grad_scale", p0);
-  check_scalar_tensor(found_inf, "found_inf", p0);
-  check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
+  check_step_scalars(grad_scale, found_inf, clip_total_norm, p0);
 }
 
 // Every argument of adam_step_ (lists, per-parameter tensors, steps, scalar
@@ -156,7 +159,7 @@ inline void check_adam_args(at::TensorList params, at::TensorList grads, at::Ten
                             at::TensorList state_steps, bool amsgrad, const std::optional<at::Tensor>& lr_tensor,
                             const std::optional<at::Tensor>& grad_scale,
                             const std::optional<at::Tensor>& found_inf,
-                            const std::optional<at::Tensor>& clip_total_norm = std::nullopt) {
+                            const std::optional<at::Tensor>& clip_total_norm) {
   const size_t n = params.size();
   check_list_len(grads, "grads", n);
   check_list_len(exp_avgs, "exp_avgs", n);
@@ -174,9 +177,7 @@ inline void check_adam_args(at::TensorList params, at::TensorList grads, at::Ten
     check_step<kCuda>(state_steps[i], i, params[i]);
   }
   check_scalar_tensor(lr_tensor, "lr_tensor", p0);
-  check_scalar_tensor(grad_scale, "grad_scale", p0);
-  check_scalar_tensor(found_inf, "found_inf", p0);
-  check_scalar_tensor(clip_total_norm, "clip_total_norm", p0);
+  check_step_scalars(grad_scale, found_inf, clip_total_norm, p0);
 }
 
 }  // namespace mte::optim

@@ -225,6 +225,36 @@ inline StepClip step_clip(const std::optional<at::Tensor>& clip_total_norm, doub
   return c;
 }
 
+// The grad-side inputs of every step, read once per call: GradScaler's scale
+// (float32, as torch's fused kernels read it) and the folded clip.
+struct GradPrep {
+  bool has_scale = false;
+  float scale = 1.0f;
+  StepClip clip;
+};
+
+inline GradPrep grad_prep(const std::optional<at::Tensor>& grad_scale,
+                          const std::optional<at::Tensor>& clip_total_norm, double clip_max_norm) {
+  GradPrep g;
+  g.has_scale = grad_scale.has_value() && grad_scale->defined();
+  if (g.has_scale) g.scale = static_cast<float>(scalar_value(*grad_scale));
+  g.clip = step_clip(clip_total_norm, clip_max_norm);
+  return g;
+}
+
+// The same in a kernel's opmath type: the first members of every step's constants.
+template <typename T>
+struct GradConsts {
+  T grad_scale = T(1), clip = T(1);
+  bool has_scale = false, has_clip = false;
+  void set(const GradPrep& g) {
+    grad_scale = static_cast<T>(g.scale);
+    clip = static_cast<T>(g.clip.coef);
+    has_scale = g.has_scale;
+    has_clip = g.clip.has;
+  }
+};
+
 // What every step does to a grad block first, as torch's fused optimizers and
 // clip_grad_norm_ would have: GradScaler's unscale (g / scale, written back),
 // then the folded clip (g * coef, rounded to the grad's dtype, written back;
@@ -263,9 +293,9 @@ inline void for_each_block(int64_t n, const Body& body) {
 // SGD
 // ===========================================================================
 template <typename T>  // T: opmath type
-struct SgdConsts {
-  T grad_scale, clip, wd, momentum, one_minus_damp, momentum_v, neg_lr;
-  bool has_scale, has_clip, maximize, has_wd, has_momentum, first, nesterov;
+struct SgdConsts : GradConsts<T> {
+  T wd, momentum, one_minus_damp, neg_lr;
+  bool maximize, has_wd, has_momentum, first, nesterov;
 };
 
 template <typename scalar_t>
@@ -315,9 +345,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
   if (skip_for_inf(found_inf)) return;
   const bool has_lr_t = lr_tensor.has_value() && lr_tensor->defined();
   const double lr_v = has_lr_t ? scalar_value(*lr_tensor) : lr;
-  const bool has_scale = grad_scale.has_value() && grad_scale->defined();
-  const float scale_f = has_scale ? static_cast<float>(scalar_value(*grad_scale)) : 1.0f;
-  const StepClip clip = step_clip(clip_total_norm, clip_max_norm);
+  const GradPrep prep = grad_prep(grad_scale, clip_total_norm, clip_max_norm);
 
   for (const auto& grp : group_by_dtype(params)) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grp.dtype, "sgd_step_", [&] {
@@ -325,14 +353,11 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
       // torch rounds each Python-float hyperparameter to the tensor's type
       // (bfloat16 follows the fused kernel: float32 math).
       SgdConsts<opmath_t> c;
-      c.grad_scale = static_cast<opmath_t>(scale_f);
-      c.clip = static_cast<opmath_t>(clip.coef);
-      c.has_clip = clip.has;
+      c.set(prep);
       c.wd = static_cast<opmath_t>(weight_decay);
       c.momentum = static_cast<opmath_t>(momentum);
       c.one_minus_damp = static_cast<opmath_t>(1.0 - dampening);
       c.neg_lr = static_cast<opmath_t>(-lr_v);
-      c.has_scale = has_scale;
       c.maximize = maximize;
       c.has_wd = weight_decay != 0.0;
       c.has_momentum = has_momentum;
@@ -352,9 +377,9 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
 // Adam / AdamW
 // ===========================================================================
 template <typename T>
-struct AdamConsts {
-  T grad_scale, clip, wd, w, w_minus_1, beta2, one_minus_beta2, eps;
-  bool has_scale, has_clip, maximize, coupled_wd, decoupled_wd, lerp_small;
+struct AdamConsts : GradConsts<T> {
+  T wd, w, w_minus_1, beta2, one_minus_beta2, eps;
+  bool maximize, coupled_wd, decoupled_wd, lerp_small;
 };
 
 template <typename T>
@@ -432,9 +457,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   const bool has_lr_t = lr_tensor.has_value() && lr_tensor->defined();
   const bool lr_f32 = has_lr_t && lr_tensor->scalar_type() == at::kFloat;
   const double lr_v = has_lr_t ? scalar_value(*lr_tensor) : lr;
-  const bool has_scale = grad_scale.has_value() && grad_scale->defined();
-  const float scale_f = has_scale ? static_cast<float>(scalar_value(*grad_scale)) : 1.0f;
-  const StepClip clip = step_clip(clip_total_norm, clip_max_norm);
+  const GradPrep prep = grad_prep(grad_scale, clip_total_norm, clip_max_norm);
 
   // Per-tensor scalars, in double as Python computes them (float32 for a
   // float32 tensor lr, as torch's tensor arithmetic does).
@@ -465,16 +488,13 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grp.dtype, "adam_step_", [&] {
       using opmath_t = typename VecIO<scalar_t>::opmath_t;
       AdamConsts<opmath_t> c;
-      c.grad_scale = static_cast<opmath_t>(scale_f);
-      c.clip = static_cast<opmath_t>(clip.coef);
-      c.has_clip = clip.has;
+      c.set(prep);
       c.wd = static_cast<opmath_t>(weight_decay);
       c.w = static_cast<opmath_t>(1.0 - beta1);
       c.w_minus_1 = c.w - opmath_t(1);
       c.beta2 = static_cast<opmath_t>(beta2);
       c.one_minus_beta2 = static_cast<opmath_t>(1.0 - beta2);
       c.eps = static_cast<opmath_t>(eps);
-      c.has_scale = has_scale;
       c.maximize = maximize;
       c.coupled_wd = weight_decay != 0.0 && !decoupled_weight_decay;
       c.decoupled_wd = weight_decay != 0.0 && decoupled_weight_decay;
@@ -517,9 +537,9 @@ inline V rounded(V x) {
 }
 
 template <typename T>
-struct RmspropConsts {
-  T grad_scale, clip, wd, alpha, w, w_minus_1, eps, momentum, neg_lr;
-  bool has_scale, has_clip, maximize, has_wd, lerp_small;
+struct RmspropConsts : GradConsts<T> {
+  T wd, alpha, w, w_minus_1, eps, momentum, neg_lr;
+  bool maximize, has_wd, lerp_small;
 };
 
 template <typename scalar_t, bool kCentered, bool kMomentum>
@@ -582,16 +602,13 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   if (n == 0) return;
   if (skip_for_inf(found_inf)) return;
   for (size_t i = 0; i < n; ++i) increment_step(state_steps[i]);  // `step` is counted, not used, by RMSprop
-  const bool has_scale = grad_scale.has_value() && grad_scale->defined();
-  const float scale_f = has_scale ? static_cast<float>(scalar_value(*grad_scale)) : 1.0f;
-  const StepClip clip = step_clip(clip_total_norm, clip_max_norm);
+  const GradPrep prep = grad_prep(grad_scale, clip_total_norm, clip_max_norm);
 
   for (const auto& grp : group_by_dtype(params)) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grp.dtype, "rmsprop_step_", [&] {
       using opmath_t = typename VecIO<scalar_t>::opmath_t;
       RmspropConsts<opmath_t> c;
-      c.grad_scale = static_cast<opmath_t>(scale_f);
-      c.clip = static_cast<opmath_t>(clip.coef);
+      c.set(prep);
       c.wd = static_cast<opmath_t>(weight_decay);
       c.alpha = static_cast<opmath_t>(alpha);
       c.w = static_cast<opmath_t>(1.0 - alpha);
@@ -599,8 +616,6 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
       c.eps = static_cast<opmath_t>(eps);
       c.momentum = static_cast<opmath_t>(momentum);
       c.neg_lr = static_cast<opmath_t>(-lr);
-      c.has_scale = has_scale;
-      c.has_clip = clip.has;
       c.maximize = maximize;
       c.has_wd = weight_decay != 0.0;
       c.lerp_small = std::abs(c.w) < opmath_t(0.5);
@@ -630,9 +645,9 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
 // Adagrad
 // ===========================================================================
 template <typename T>
-struct AdagradConsts {
-  T grad_scale, clip, wd, eps;
-  bool has_scale, has_clip, maximize, has_wd;
+struct AdagradConsts : GradConsts<T> {
+  T wd, eps;
+  bool maximize, has_wd;
 };
 
 template <typename scalar_t>
@@ -678,20 +693,15 @@ void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     const double step = increment_step(state_steps[i]);
     neg_clr[i] = -(lr / (1.0 + (step - 1.0) * lr_decay));
   }
-  const bool has_scale = grad_scale.has_value() && grad_scale->defined();
-  const float scale_f = has_scale ? static_cast<float>(scalar_value(*grad_scale)) : 1.0f;
-  const StepClip clip = step_clip(clip_total_norm, clip_max_norm);
+  const GradPrep prep = grad_prep(grad_scale, clip_total_norm, clip_max_norm);
 
   for (const auto& grp : group_by_dtype(params)) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grp.dtype, "adagrad_step_", [&] {
       using opmath_t = typename VecIO<scalar_t>::opmath_t;
       AdagradConsts<opmath_t> c;
-      c.grad_scale = static_cast<opmath_t>(scale_f);
-      c.clip = static_cast<opmath_t>(clip.coef);
+      c.set(prep);
       c.wd = static_cast<opmath_t>(weight_decay);
       c.eps = static_cast<opmath_t>(eps);
-      c.has_scale = has_scale;
-      c.has_clip = clip.has;
       c.maximize = maximize;
       c.has_wd = weight_decay != 0.0;
       const int64_t nparts = num_parts(grp.offsets.back());
