@@ -294,6 +294,27 @@ def _clip_coef(TotalNorm, max_norm, eps):
 
 
 @triton.jit
+def _grad_scalars(GradScale, ClipNorm, Hyp, Ref, HAS_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr):
+    """(scale, coef, clip_on) for _unscale_clip, in Ref's element type (the
+    opmath type): GradScaler's scale (Hyp[0] = 1.0 when there is none), and the
+    folded clip_grad_norm_'s coefficient from clip_total_norm with
+    max_norm = Hyp[1], eps = Hyp[2]; clip_on is False without a clip or when
+    the coefficient is exactly 1 (then the clip is skipped)."""
+    if HAS_SCALE:
+        scale = _to_acc(tl.load(GradScale).to(tl.float32), Ref)
+    else:
+        scale = _to_acc(tl.load(Hyp), Ref)  # 1.0, unused
+    if HAS_CLIP:
+        c = _clip_coef(ClipNorm, tl.load(Hyp + 1), tl.load(Hyp + 2))
+        clip_on = c != 1.0
+        coef = _to_acc(c, Ref)
+    else:
+        clip_on = False
+        coef = scale  # unused
+    return scale, coef, clip_on
+
+
+@triton.jit
 def _unscale_clip(g_ptr, g, mask, scale, coef, clip_on, HAS_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr):
     """The grad a step goes on with, written back as torch would leave it:
     GradScaler's unscale_ (g / scale), then the folded clip_grad_norm_ scale
@@ -370,17 +391,7 @@ def _sgd_kernel(Table, Hyp, Acc, Ref, LrT, GradScale, FoundInf, ClipNorm, T, P,
             neg_lr = _to_acc(-tl.load(LrT).to(tl.float64), Acc)
         else:
             neg_lr = _to_acc(tl.load(Hyp + 3), Acc)
-        if HAS_SCALE:
-            scale = _to_acc(tl.load(GradScale).to(tl.float32), Acc)
-        else:
-            scale = _to_acc(tl.load(Hyp + 4), Acc)  # 1.0, unused
-        if HAS_CLIP:  # the folded clip_grad_norm_: skipped when its coefficient is exactly 1
-            c = _clip_coef(ClipNorm, tl.load(Hyp + 5), tl.load(Hyp + 6))
-            clip_on = c != 1.0
-            coef = _to_acc(c, Acc)
-        else:
-            clip_on = False
-            coef = scale  # unused
+        scale, coef, clip_on = _grad_scalars(GradScale, ClipNorm, Hyp + 4, Acc, HAS_SCALE, HAS_CLIP)
         for s in range(0, CHUNK, BLOCK):
             offs = start + s + tl.arange(0, BLOCK)
             if start + s + BLOCK <= n:  # full block: unmasked, vectorizes
@@ -504,17 +515,7 @@ def _adam_kernel(Table, Hyp, Scal, Ref, GradScale, FoundInf, ClipNorm, T, P,
         lw_m1 = lw - 1.0
         beta2 = _to_acc(tl.load(Hyp + 1), Scal)
         omb2 = _to_acc(tl.load(Hyp + 7), Scal)
-        if HAS_SCALE:
-            scale = _to_acc(tl.load(GradScale).to(tl.float32), Scal)
-        else:
-            scale = _to_acc(tl.load(Hyp + 8), Scal)  # 1.0, unused
-        if HAS_CLIP:  # the folded clip_grad_norm_: skipped when its coefficient is exactly 1
-            c = _clip_coef(ClipNorm, tl.load(Hyp + 9), tl.load(Hyp + 10))
-            clip_on = c != 1.0
-            coef = _to_acc(c, Scal)
-        else:
-            clip_on = False
-            coef = scale  # unused
+        scale, coef, clip_on = _grad_scalars(GradScale, ClipNorm, Hyp + 8, Scal, HAS_SCALE, HAS_CLIP)
         for s in range(0, CHUNK, BLOCK):
             offs = start + s + tl.arange(0, BLOCK)
             if start + s + BLOCK <= n:  # full block: unmasked, vectorizes
@@ -611,17 +612,7 @@ def _rmsprop_kernel(Table, Hyp, Acc, Ref, GradScale, FoundInf, ClipNorm, T, P,
         wd = _to_acc(tl.load(Hyp + 3), Acc)
         mom = _to_acc(tl.load(Hyp + 4), Acc)
         neg_lr = _to_acc(tl.load(Hyp + 5), Acc)
-        if HAS_SCALE:
-            scale = _to_acc(tl.load(GradScale).to(tl.float32), Acc)
-        else:
-            scale = _to_acc(tl.load(Hyp + 6), Acc)  # 1.0, unused
-        if HAS_CLIP:  # the folded clip_grad_norm_: skipped when its coefficient is exactly 1
-            c = _clip_coef(ClipNorm, tl.load(Hyp + 7), tl.load(Hyp + 8))
-            clip_on = c != 1.0
-            coef = _to_acc(c, Acc)
-        else:
-            clip_on = False
-            coef = scale  # unused
+        scale, coef, clip_on = _grad_scalars(GradScale, ClipNorm, Hyp + 6, Acc, HAS_SCALE, HAS_CLIP)
         for s in range(0, CHUNK, BLOCK):
             offs = start + s + tl.arange(0, BLOCK)
             if start + s + BLOCK <= n:  # full block: unmasked, vectorizes
@@ -697,17 +688,7 @@ def _adagrad_kernel(Table, Hyp, Scal, Ref, GradScale, FoundInf, ClipNorm, T, P,
         # Hyp (float64): lr, lr_decay, wd, eps, 1.0, clip max_norm, 1e-6
         wd = _to_acc(tl.load(Hyp + 2), Scal)
         eps = _to_acc(tl.load(Hyp + 3), Scal)
-        if HAS_SCALE:
-            scale = _to_acc(tl.load(GradScale).to(tl.float32), Scal)
-        else:
-            scale = _to_acc(tl.load(Hyp + 4), Scal)  # 1.0, unused
-        if HAS_CLIP:  # the folded clip_grad_norm_: skipped when its coefficient is exactly 1
-            c = _clip_coef(ClipNorm, tl.load(Hyp + 5), tl.load(Hyp + 6))
-            clip_on = c != 1.0
-            coef = _to_acc(c, Scal)
-        else:
-            clip_on = False
-            coef = scale  # unused
+        scale, coef, clip_on = _grad_scalars(GradScale, ClipNorm, Hyp + 4, Scal, HAS_SCALE, HAS_CLIP)
         for s in range(0, CHUNK, BLOCK):
             offs = start + s + tl.arange(0, BLOCK)
             if start + s + BLOCK <= n:  # full block: unmasked, vectorizes
