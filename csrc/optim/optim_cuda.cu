@@ -894,6 +894,32 @@ std::vector<std::pair<at::ScalarType, std::vector<size_t>>> group_by_dtype(at::T
 #define MTE_DISPATCH_OPTIM_TYPES(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// The multi_tensor_apply launch of every op: the tensors of each dtype group
+// of `tensors` (zero-size ones skipped) packed into tables of up to N, one
+// launch per table. fill(i, e) sets entry e's pointers (and flag) for
+// tensors[i]; launch(tag, tab, blocks) launches the kernel for the group's
+// scalar_t (tag is a null scalar_t*).
+template <int D, int N, typename Fill, typename Launch>
+void launch_tables(at::TensorList tensors, int sms, const Fill& fill, const Launch& launch) {
+  for (const auto& grp : group_by_dtype(tensors)) {
+    std::vector<Entry<D>> entries;
+    for (size_t i : grp.second) {
+      if (tensors[i].numel() == 0) continue;
+      Entry<D> e{};
+      fill(i, e);
+      e.numel = tensors[i].numel();
+      entries.push_back(e);
+    }
+    const auto tables = plan<D, N>(entries, sms);
+    MTE_DISPATCH_OPTIM_TYPES(grp.first, "minitorch_ext optim launch", [&] {  // dtypes checked before
+      for (const auto& [tab, blocks] : tables) {
+        launch(static_cast<scalar_t*>(nullptr), tab, blocks);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  }
+}
+
 // The steps' prologue: every state_steps[i] += 1 (none if found_inf is
 // non-zero), kMaxSteps per launch, on `stream` before the update launches.
 void increment_steps(at::TensorList state_steps, const DevScalar& found_inf, cudaStream_t stream) {
@@ -943,25 +969,16 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
   a.maximize = maximize;
   a.first = is_first_step;
 
-  for (const auto& grp : group_by_dtype(params)) {
-    std::vector<Entry<3>> entries;
-    for (size_t i : grp.second) {
-      if (params[i].numel() == 0) continue;
-      Entry<3> e{};
-      e.ptr[0] = params[i].data_ptr();
-      e.ptr[1] = grads[i].data_ptr();
-      e.ptr[2] = has_momentum ? momentum_buffers[i].data_ptr() : nullptr;
-      e.numel = params[i].numel();
-      entries.push_back(e);
-    }
-    const auto tables = plan<3, 100>(entries, sms);
-    MTE_DISPATCH_OPTIM_TYPES(grp.first, "sgd_step_cuda", [&] {
-      for (const auto& [tab, blocks] : tables) {
-        sgd_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(tab, a);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
-  }
+  launch_tables<3, 100>(
+      params, sms,
+      [&](size_t i, Entry<3>& e) {
+        e.ptr[0] = params[i].data_ptr();
+        e.ptr[1] = grads[i].data_ptr();
+        e.ptr[2] = has_momentum ? momentum_buffers[i].data_ptr() : nullptr;
+      },
+      [&](auto tag, const auto& tab, int blocks) {
+        sgd_kernel<std::remove_pointer_t<decltype(tag)>><<<blocks, kThreads, 0, stream>>>(tab, a);
+      });
 }
 
 void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -1000,29 +1017,20 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   a.coupled_wd = weight_decay != 0.0 && !decoupled_weight_decay;
   a.decoupled_wd = weight_decay != 0.0 && decoupled_weight_decay;
 
-  for (const auto& grp : group_by_dtype(params)) {
-    std::vector<Entry<6>> entries;
-    for (size_t i : grp.second) {
-      if (params[i].numel() == 0) continue;
-      Entry<6> e{};
-      e.ptr[0] = params[i].data_ptr();
-      e.ptr[1] = grads[i].data_ptr();
-      e.ptr[2] = exp_avgs[i].data_ptr();
-      e.ptr[3] = exp_avg_sqs[i].data_ptr();
-      e.ptr[4] = amsgrad ? max_exp_avg_sqs[i].data_ptr() : nullptr;
-      e.ptr[5] = state_steps[i].data_ptr();
-      e.numel = params[i].numel();
-      e.flag = state_steps[i].scalar_type() == at::kDouble;
-      entries.push_back(e);
-    }
-    const auto tables = plan<6, 60>(entries, sms);
-    MTE_DISPATCH_OPTIM_TYPES(grp.first, "adam_step_cuda", [&] {
-      for (const auto& [tab, blocks] : tables) {
-        adam_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(tab, a);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
-  }
+  launch_tables<6, 60>(
+      params, sms,
+      [&](size_t i, Entry<6>& e) {
+        e.ptr[0] = params[i].data_ptr();
+        e.ptr[1] = grads[i].data_ptr();
+        e.ptr[2] = exp_avgs[i].data_ptr();
+        e.ptr[3] = exp_avg_sqs[i].data_ptr();
+        e.ptr[4] = amsgrad ? max_exp_avg_sqs[i].data_ptr() : nullptr;
+        e.ptr[5] = state_steps[i].data_ptr();
+        e.flag = state_steps[i].scalar_type() == at::kDouble;
+      },
+      [&](auto tag, const auto& tab, int blocks) {
+        adam_kernel<std::remove_pointer_t<decltype(tag)>><<<blocks, kThreads, 0, stream>>>(tab, a);
+      });
 }
 
 void rmsprop_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
@@ -1060,27 +1068,18 @@ void rmsprop_step_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
   a.has_momentum = has_momentum;
   a.maximize = maximize;
 
-  for (const auto& grp : group_by_dtype(params)) {
-    std::vector<Entry<5>> entries;
-    for (size_t i : grp.second) {
-      if (params[i].numel() == 0) continue;
-      Entry<5> e{};
-      e.ptr[0] = params[i].data_ptr();
-      e.ptr[1] = grads[i].data_ptr();
-      e.ptr[2] = square_avgs[i].data_ptr();
-      e.ptr[3] = centered ? grad_avgs[i].data_ptr() : nullptr;
-      e.ptr[4] = has_momentum ? momentum_buffers[i].data_ptr() : nullptr;
-      e.numel = params[i].numel();
-      entries.push_back(e);
-    }
-    const auto tables = plan<5, 72>(entries, sms);
-    MTE_DISPATCH_OPTIM_TYPES(grp.first, "rmsprop_step_cuda", [&] {
-      for (const auto& [tab, blocks] : tables) {
-        rmsprop_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(tab, a);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
-  }
+  launch_tables<5, 72>(
+      params, sms,
+      [&](size_t i, Entry<5>& e) {
+        e.ptr[0] = params[i].data_ptr();
+        e.ptr[1] = grads[i].data_ptr();
+        e.ptr[2] = square_avgs[i].data_ptr();
+        e.ptr[3] = centered ? grad_avgs[i].data_ptr() : nullptr;
+        e.ptr[4] = has_momentum ? momentum_buffers[i].data_ptr() : nullptr;
+      },
+      [&](auto tag, const auto& tab, int blocks) {
+        rmsprop_kernel<std::remove_pointer_t<decltype(tag)>><<<blocks, kThreads, 0, stream>>>(tab, a);
+      });
 }
 
 void adagrad_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
@@ -1113,27 +1112,18 @@ void adagrad_step_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
   a.clip = dev_scalar(clip_total_norm);
   a.maximize = maximize;
 
-  for (const auto& grp : group_by_dtype(params)) {
-    std::vector<Entry<4>> entries;
-    for (size_t i : grp.second) {
-      if (params[i].numel() == 0) continue;
-      Entry<4> e{};
-      e.ptr[0] = params[i].data_ptr();
-      e.ptr[1] = grads[i].data_ptr();
-      e.ptr[2] = state_sums[i].data_ptr();
-      e.ptr[3] = state_steps[i].data_ptr();
-      e.numel = params[i].numel();
-      e.flag = state_steps[i].scalar_type() == at::kDouble;
-      entries.push_back(e);
-    }
-    const auto tables = plan<4, 80>(entries, sms);
-    MTE_DISPATCH_OPTIM_TYPES(grp.first, "adagrad_step_cuda", [&] {
-      for (const auto& [tab, blocks] : tables) {
-        adagrad_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(tab, a);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
-  }
+  launch_tables<4, 80>(
+      params, sms,
+      [&](size_t i, Entry<4>& e) {
+        e.ptr[0] = params[i].data_ptr();
+        e.ptr[1] = grads[i].data_ptr();
+        e.ptr[2] = state_sums[i].data_ptr();
+        e.ptr[3] = state_steps[i].data_ptr();
+        e.flag = state_steps[i].scalar_type() == at::kDouble;
+      },
+      [&](auto tag, const auto& tab, int blocks) {
+        adagrad_kernel<std::remove_pointer_t<decltype(tag)>><<<blocks, kThreads, 0, stream>>>(tab, a);
+      });
 }
 
 NormKind norm_kind(double norm_type) {
@@ -1235,23 +1225,14 @@ void clip_scale_cuda(at::TensorList tensors, const at::Tensor& total_norm, doubl
   a.total_norm.ptr = total_norm.const_data_ptr();
   a.total_norm.f64 = total_norm.scalar_type() == at::kDouble;
   a.max_norm = max_norm;
-  for (const auto& grp : group_by_dtype(tensors)) {
-    std::vector<Entry<1>> entries;
-    for (size_t i : grp.second) {
-      if (tensors[i].numel() == 0) continue;
-      Entry<1> e{};
-      e.ptr[0] = tensors[i].data_ptr();
-      e.numel = tensors[i].numel();
-      entries.push_back(e);
-    }
-    const auto tables = plan<1, 160>(entries, sms);
-    MTE_DISPATCH_OPTIM_TYPES(grp.first, "clip_scale_cuda", [&] {
-      for (const auto& [tab, blocks] : tables) {
-        clip_scale_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(tab, a);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
-  }
+  launch_tables<1, 160>(
+      tensors, sms,
+      [&](size_t i, Entry<1>& e) {
+        e.ptr[0] = tensors[i].data_ptr();
+      },
+      [&](auto tag, const auto& tab, int blocks) {
+        clip_scale_kernel<std::remove_pointer_t<decltype(tag)>><<<blocks, kThreads, 0, stream>>>(tab, a);
+      });
 }
 
 }  // namespace
