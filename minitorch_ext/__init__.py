@@ -9,7 +9,27 @@
 """
 import torch  # noqa: F401  (loads libtorch before our extension)
 
-from . import _C  # noqa: F401  registers the C++/CUDA kernels with the dispatcher
+from . import _preflight
+
+
+def _load_extension():
+    """Check that the build fits this process (torch version, CUDA, CPU ISA), then load _C."""
+    try:
+        from . import _build_meta
+    except ImportError:  # built by an older setup.py: no record to compare
+        _build_meta = None
+    if _build_meta is not None:
+        _preflight.check_build(_build_meta, torch.__version__, torch.version.cuda, _preflight.cpu_flags())
+    try:
+        from . import _C
+    except ImportError as e:
+        if "undefined symbol" in str(e):
+            raise _preflight.undefined_symbol_error(e, torch.__version__) from None
+        raise
+    return _C
+
+
+_C = _load_extension()  # registers the C++/CUDA kernels with the dispatcher
 from ._backend import available_backends, current_backend, use_backend
 from . import ops  # noqa: F401  fake kernels, autograd, Triton ops
 from . import nn  # noqa: F401
