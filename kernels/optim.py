@@ -825,9 +825,10 @@ def _check_like(t, name, i, p):
     if t.shape != p.shape:
         raise RuntimeError(f"{name}[{i}]: expected shape {list(p.shape)} (the shape of params[{i}]), "
                            f"got {list(t.shape)}")
-    if p.numel() > 1 and t.stride() != p.stride():
-        raise RuntimeError(f"{name}[{i}]: expected the strides of params[{i}] {list(p.stride())}, "
-                           f"got {list(t.stride())}")
+    if any(n > 1 and ts != ps for n, ts, ps in zip(p.shape, t.stride(), p.stride())):
+        # strides of size-1 dimensions address nothing: only the others must agree
+        raise RuntimeError(f"{name}[{i}]: expected the memory layout of params[{i}] (strides "
+                           f"{list(p.stride())} in its dimensions of size > 1), got strides {list(t.stride())}")
 
 
 def _check_step(s, i, p):

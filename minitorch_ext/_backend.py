@@ -101,9 +101,15 @@ def current_backend() -> str | None:
 
 
 def resolve(device) -> str:
-    """The backend that runs a tensor on `device`; raises if it cannot."""
+    """The backend that runs a tensor on `device`; raises if it cannot.
+
+    Meta tensors (torch.device("meta") model construction, FSDP's to_empty)
+    run nothing: every op's fake kernel is also its Meta kernel, so any
+    backend's op gives the right shapes and dtypes."""
     dtype = device.type if hasattr(device, "type") else str(device).split(":")[0]
     name = _choice
+    if dtype == "meta":
+        return name or "cpp"
     if name is None:
         if dtype == "cuda" and not _cuda_built():
             name = "triton"

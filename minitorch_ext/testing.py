@@ -43,7 +43,8 @@ from minitorch_ext import _poison
 
 __all__ = [
     "Sample", "BadInput", "OpSpec", "backends_for", "poisoned", "check_gradcheck", "check_opcheck",
-    "check_parity", "check_bad_inputs", "check_compile", "max_err", "TOLERANCE_FACTOR", "standard_tests",
+    "check_parity", "check_bad_inputs", "check_bad_inputs_native", "check_compile", "check_meta",
+    "autocast_context", "max_err", "TOLERANCE_FACTOR", "standard_tests",
 ]
 
 # How far our error may exceed native torch's own error against float64.
@@ -58,13 +59,16 @@ class Sample:
     grad_leaves: Sequence[str] = ()              # which leaves get gradients (default: all)
     meta: Dict[str, Any] = field(default_factory=dict)  # family-specific (shapes, layout view)
 
-    def cast(self, dtype: torch.dtype, device, requires_grad: bool) -> Dict[str, Optional[Tensor]]:
+    def cast(self, dtype: torch.dtype, device, requires_grad: bool,
+             leaf_dtypes: Optional[Dict[str, torch.dtype]] = None) -> Dict[str, Optional[Tensor]]:
+        """The leaves in `dtype` (per-leaf overrides in `leaf_dtypes`: mixed precision) on `device`."""
         out = {}
         for k, v in self.leaves.items():
             if v is None:
                 out[k] = None
                 continue
-            t = v.detach().to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+            dt = (leaf_dtypes or {}).get(k, dtype)
+            t = v.detach().to(device=device, dtype=dt if v.is_floating_point() else v.dtype)
             if requires_grad and k in self._grad_names() and t.is_floating_point():
                 t.requires_grad_(True)
             out[k] = t
@@ -84,6 +88,7 @@ class BadInput:
     error: Type[BaseException]
     match: str            # regex the message must contain (names the argument)
     desc: str = ""
+    native: Optional[Callable[[], Any]] = None  # the same call on torch: must raise `error` too
 
 
 @dataclass
@@ -96,6 +101,11 @@ class OpSpec:
     raw_ops: Callable[..., List[Tuple[Any, tuple]]]           # (sample, backend, device) -> [(op, args)]
     bad_inputs: Callable[[], List[BadInput]] = lambda: []
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16)
+    # mixed precision cases: (dtype, {leaf: dtype}) e.g. (bf16, {"weight": float32})
+    mixed: Sequence[Tuple[torch.dtype, Dict[str, torch.dtype]]] = ()
+    # (input dtype, autocast dtype) pairs run under torch.autocast(device, autocast dtype)
+    autocast: Sequence[Tuple[torch.dtype, torch.dtype]] = ((torch.float32, torch.bfloat16),
+                                                          (torch.bfloat16, torch.bfloat16))
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,14 +129,17 @@ def _run(fn, sample: Sample, leaves):
     return sample.build(fn, leaves)
 
 
-def _outputs_and_grads(fn, sample: Sample, dtype, device, backend: Optional[str], seed: int):
-    """Forward output and gradients of every grad leaf for a fixed random grad_output."""
-    leaves = sample.cast(dtype, device, requires_grad=True)
+def _outputs_and_grads(fn, sample: Sample, dtype, device, backend: Optional[str], seed: int,
+                       leaf_dtypes=None, context=contextlib.nullcontext):
+    """Forward output and gradients of every grad leaf for a fixed random grad_output
+    (drawn in float64, rounded to the output's dtype). `context()` wraps the forward
+    (e.g. torch.autocast)."""
+    leaves = sample.cast(dtype, device, requires_grad=True, leaf_dtypes=leaf_dtypes)
     ctx = mte.use_backend(backend) if backend else contextlib.nullcontext()
-    with ctx:
+    with ctx, context():
         out = _run(fn, sample, leaves)
     g = torch.Generator().manual_seed(seed)
-    dy = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    dy = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device=device, dtype=out.dtype)
     names = [k for k in sample._grad_names() if leaves.get(k) is not None and leaves[k].requires_grad]
     grads: Tuple = ()
     if names and out.requires_grad:
@@ -147,20 +160,33 @@ def max_err(a: Optional[Tensor], ref: Optional[Tensor]) -> float:
 
 
 def check_parity(spec: OpSpec, sample: Sample, backend: str, dtype: torch.dtype, device="cpu",
-                 factor: Optional[float] = None, seed: int = 0) -> Dict[str, Tuple[float, float]]:
+                 factor: Optional[float] = None, seed: int = 0,
+                 leaf_dtypes: Optional[Dict[str, torch.dtype]] = None,
+                 context: Callable[[], Any] = contextlib.nullcontext) -> Dict[str, Tuple[float, float]]:
     """Forward and every gradient of ours vs native, judged against a float64 reference.
 
+    `leaf_dtypes` gives some leaves another dtype than `dtype` (a bfloat16 input with
+    float32 weights); `context()` wraps both forwards (torch.autocast). The output and
+    every gradient must also have native's dtype. The tolerance is that of the
+    lowest precision among `dtype` and the output's dtype.
     Returns {name: (our_err, native_err)}; raises AssertionError on failure."""
-    factor = factor or TOLERANCE_FACTOR[dtype]
     with poisoned():
-        ours, ours_g = _outputs_and_grads(spec.ours, sample, dtype, device, backend, seed)
-    nat, nat_g = _outputs_and_grads(spec.native, sample, dtype, device, None, seed)
+        ours, ours_g = _outputs_and_grads(spec.ours, sample, dtype, device, backend, seed, leaf_dtypes, context)
+    nat, nat_g = _outputs_and_grads(spec.native, sample, dtype, device, None, seed, leaf_dtypes, context)
+    for name, o, n in [("output", ours, nat)] + [(f"grad_{k}", ours_g.get(k), nat_g.get(k)) for k in nat_g]:
+        if o is not None and n is not None and o.dtype != n.dtype:
+            raise AssertionError(f"{spec.name}[{backend}, {dtype}] {name}: dtype {o.dtype}, torch gives {n.dtype}; "
+                                 f"{sample!r}")
+    work = min((dtype, ours.dtype), key=lambda d: torch.finfo(d).bits if d != torch.bfloat16 else 15)
+    factor = factor or TOLERANCE_FACTOR[work]
     # the reference sees exactly the (rounded) inputs the two runs saw
-    rounded = Sample({k: (v.to(dtype).double() if v is not None else None) for k, v in sample.leaves.items()},
+    rounded = Sample({k: (v.to((leaf_dtypes or {}).get(k, dtype)).double() if v is not None else None)
+                      for k, v in sample.leaves.items()},
                      sample.build, sample.desc, sample.grad_leaves, sample.meta)
-    # grad_output was drawn in float64 and rounded to dtype for ours and native; the
-    # reference uses that rounded grad_output in float64
-    ref, ref_g = _reference_with_rounded_dy(spec, rounded, dtype, device, seed)
+    # grad_output was drawn in float64 and rounded to the output dtype for ours and
+    # native; the reference uses that rounded grad_output in float64
+    ref, ref_g = _reference_with_rounded_dy(spec, rounded, ours.dtype, device, seed)
+    dtype = work
     report = {}
     pairs = [("output", ours, nat, ref)] + [(f"grad_{k}", ours_g.get(k), nat_g.get(k), ref_g.get(k)) for k in ref_g]
     # float64: native *is* the reference, so only an absolute floor can judge us
@@ -204,6 +230,29 @@ def check_gradcheck(spec: OpSpec, sample: Sample, backend: str, device="cpu", gr
             assert torch.autograd.gradgradcheck(f, inputs)
 
 
+def check_meta(spec: OpSpec, sample: Sample, backend: str) -> None:
+    """On meta tensors (torch.device("meta") model building, FSDP's to_empty) ours gives
+    native's output shape and dtype, and backward runs, without touching any data."""
+    leaves = sample.cast(torch.float32, "meta", requires_grad=True)
+    with mte.use_backend(backend):
+        out = _run(spec.ours, sample, leaves)
+    nat = _run(spec.native, sample, sample.cast(torch.float32, "meta", requires_grad=True))
+    assert out.device.type == "meta", f"{spec.name}: output on {out.device}, expected meta"
+    assert out.shape == nat.shape and out.dtype == nat.dtype, \
+        f"{spec.name}: meta output {tuple(out.shape)} {out.dtype}, torch {tuple(nat.shape)} {nat.dtype}"
+    names = [k for k in sample._grad_names() if leaves.get(k) is not None]
+    if names and out.requires_grad:
+        with mte.use_backend(backend):
+            grads = torch.autograd.grad(out, [leaves[k] for k in names], torch.ones_like(out), allow_unused=True)
+        for k, g in zip(names, grads):
+            if g is not None:
+                assert g.device.type == "meta" and g.shape == leaves[k].shape, f"{spec.name}: grad_{k} on meta"
+
+
+def autocast_context(device: str, dtype: torch.dtype) -> Callable[[], Any]:
+    return lambda: torch.autocast(device_type=device, dtype=dtype)
+
+
 def check_opcheck(spec: OpSpec, sample: Sample, backend: str, device="cpu") -> None:
     for op, args in spec.raw_ops(sample, backend, device):
         with poisoned():
@@ -227,6 +276,25 @@ def check_bad_inputs(spec: OpSpec, backend: str) -> List[str]:
                                      f"expected {bad.error.__name__}") from e
         raise AssertionError(f"{spec.name} {bad.desc}: no error raised, expected {bad.error.__name__}")
     return seen
+
+
+def check_bad_inputs_native(spec: OpSpec) -> int:
+    """Each bad call that names its torch twin raises the same error type there:
+    the list of refusals is torch's, case by case. Returns how many were compared."""
+    n = 0
+    for bad in spec.bad_inputs():
+        if bad.native is None:
+            continue
+        try:
+            bad.native()
+        except bad.error:
+            n += 1
+            continue
+        except Exception as e:
+            raise AssertionError(f"{spec.name} {bad.desc}: torch raises {type(e).__name__} ({e}), "
+                                 f"we expect {bad.error.__name__}") from e
+        raise AssertionError(f"{spec.name} {bad.desc}: torch accepts this call, we refuse it")
+    return n
 
 
 def check_compile(make_model: Callable[[], torch.nn.Module], example: Tensor, backend: str,
@@ -297,5 +365,31 @@ def standard_tests(spec: OpSpec, make_model: Callable[[], torch.nn.Module], exam
     def test_compile_fullgraph(backend):
         check_compile(make_model, example.to(device), backend)
 
+    def test_bad_inputs_match_torch():
+        # every refusal that names its torch twin is one torch makes too, with our error type
+        check_bad_inputs_native(spec)
+
+    @by_backend
+    def test_meta(backend):
+        for sample in spec.samples(backend):
+            check_meta(spec, sample, backend)
+
+    @by_backend
+    @pytest.mark.parametrize("case", range(len(spec.mixed)))
+    def test_mixed_dtypes(backend, case):
+        dtype, leaf_dtypes = spec.mixed[case]
+        for sample in spec.samples(backend):
+            check_parity(spec, sample, backend, dtype, device=device, leaf_dtypes=leaf_dtypes)
+
+    @by_backend
+    @pytest.mark.parametrize("case", range(len(spec.autocast)))
+    def test_autocast(backend, case):
+        # dtype and values as native torch's under the same autocast (torch's policy for the op)
+        in_dtype, ac_dtype = spec.autocast[case]
+        for sample in spec.samples(backend):
+            check_parity(spec, sample, backend, in_dtype, device=device,
+                         context=autocast_context(device, ac_dtype))
+
     return {f.__name__: f for f in (test_gradcheck, test_opcheck, test_parity, test_parity_float64,
-                                    test_bad_inputs, test_compile_fullgraph)}
+                                    test_bad_inputs, test_compile_fullgraph, test_bad_inputs_match_torch,
+                                    test_meta, test_mixed_dtypes, test_autocast)}

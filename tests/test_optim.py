@@ -1001,3 +1001,49 @@ def test_folded_clip_arguments_are_checked():
     with pytest.raises(RuntimeError, match="clip_total_norm: expected a float32 or float64 tensor"):
         torch.ops.minitorch_ext.sgd_step_(ps, gs, bs, clip_total_norm=torch.ones((), dtype=torch.int32),
                                           clip_max_norm=1.0, **_SGD_KW)
+
+
+# ---- gradients whose strides differ from the parameter's only in size-1 dims ----
+
+def _odd_stride_grad(p: torch.Tensor, seed: int) -> torch.Tensor:
+    """A dense grad laid out in memory exactly as `p`, with arbitrary strides in the
+    size-1 dimensions (autograd can leave such strides, e.g. after a transpose)."""
+    g = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed), dtype=p.dtype)
+    strides = [s if n > 1 else 7 + d for d, (n, s) in enumerate(zip(p.shape, p.stride()))]
+    out = torch.empty_strided(p.shape, strides, dtype=p.dtype)
+    out.copy_(g)
+    assert out.stride() != p.stride()
+    return out
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("backend", mte.available_backends("cpu"))
+def test_grad_strides_differ_only_in_size_one_dims(name, backend):
+    kw = {"SGD": dict(lr=0.1, momentum=0.9), "RMSprop": dict(lr=0.01, momentum=0.5, centered=True)}.get(
+        name, dict(lr=0.01))
+    shapes = [(1, 100, 1), (100, 1), (1, 1, 5, 1), (1,)]
+    ours_p = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
+    with mte.use_backend(backend):
+        ours = getattr(mte.optim, name)(ours_p, **kw)
+        ref = getattr(torch.optim, name)(ref_p, **kw, foreach=False)
+        for step in range(3):  # the first step and the gathered steps after it
+            for i, (a, b) in enumerate(zip(ours_p, ref_p)):
+                a.grad = _odd_stride_grad(a, 10 * step + i)
+                b.grad = a.grad.clone()
+            ours.clip_grad_norm_(0.5)
+            torch.nn.utils.clip_grad_norm_(ref_p, 0.5, foreach=False)
+            ours.step()
+            ref.step()
+            mte.nn.utils.clip_grad_norm_(ours_p, 0.4)  # the function form too
+            torch.nn.utils.clip_grad_norm_(ref_p, 0.4, foreach=False)
+    for a, b in zip(ours_p, ref_p):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_grad_of_another_memory_layout_is_refused_clearly():
+    p = torch.nn.Parameter(torch.randn(4, 6))
+    p.grad = torch.randn(6, 4).t()  # transposed: a different memory order
+    with pytest.raises(RuntimeError, match=r"grads\[0\]: expected the memory layout of params\[0\]"):
+        mte.optim.SGD([p], lr=0.1).step()

@@ -29,7 +29,7 @@ inline void check_float(const at::Tensor& t, const char* name) {
 }
 
 // An optional per-feature tensor (weight, bias): same shape as normalized_shape,
-// same dtype and device as input.
+// same device as input. Its dtype is checked by check_param_dtypes.
 inline void check_affine(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& input,
                          at::IntArrayRef normalized_shape) {
   if (!t.has_value() || !t->defined()) return;
@@ -37,8 +37,34 @@ inline void check_affine(const std::optional<at::Tensor>& t, const char* name, c
               " (normalized_shape), but got ", name, " of shape ", t->sizes());
   TORCH_CHECK(t->device() == input.device(), name, ": expected a tensor on ", input.device(),
               " (the device of input), got one on ", t->device());
-  TORCH_CHECK(t->scalar_type() == input.scalar_type(), name, ": expected dtype ", input.scalar_type(),
-              " (the dtype of input), got ", t->scalar_type());
+}
+
+inline bool is_reduced_float(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+// The dtypes torch accepts for a norm's parameters (mixed precision: a
+// bfloat16/float16 activation with float32 master weights, as autocast and
+// mixed-precision training feed them). The output keeps the input's dtype,
+// each parameter's gradient its parameter's dtype; the math is float32 (float64
+// for float64 input).
+//   any_float == false (layer_norm, as torch): the present parameters all have
+//     the input's dtype, or all are float32 with a bfloat16/float16 input;
+//   any_float == true (rms_norm, as torch): any floating dtype.
+inline void check_param_dtypes(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias, bool any_float) {
+  const auto xt = input.scalar_type();
+  std::optional<at::ScalarType> first;
+  for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
+    if (!t->has_value() || !(*t)->defined()) continue;
+    const auto pt = (*t)->scalar_type();
+    TORCH_CHECK(pt == at::kFloat || pt == at::kDouble || is_reduced_float(pt), name,
+                ": expected a floating point tensor, got ", pt);
+    if (any_float) continue;
+    TORCH_CHECK(pt == xt || (pt == at::kFloat && is_reduced_float(xt)), name, ": expected dtype ", xt,
+                " (the dtype of input)", is_reduced_float(xt) ? " or float32" : "", ", got ", pt,
+                is_reduced_float(pt) ? " (mixed dtype: a reduced-precision parameter needs an input of its dtype)" : "");
+    TORCH_CHECK(!first || *first == pt, name, ": expected dtype ", *first, " (the dtype of weight), got ", pt);
+    first = pt;
+  }
 }
 
 inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {

@@ -180,6 +180,24 @@ struct Rows {
   }
 };
 
+// A parameter may have another dtype than the input (float32 weights with a
+// bfloat16 input: check_param_dtypes): it is widened from, and its gradient
+// narrowed to, its own dtype.
+template <typename acc_t>
+void to_acc(const at::Tensor& c, acc_t* out, int64_t n) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, c.scalar_type(), "norm_widen", [&] {
+    at::vec::convert(c.data_ptr<scalar_t>(), out, n);
+  });
+}
+
+template <typename acc_t>
+void from_acc(const acc_t* in, at::Tensor& out, int64_t n) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "norm_narrow", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<scalar_t>(in[i]);
+  });
+}
+
 // weight/bias widened to acc_t once per call (they are read by every row).
 template <typename scalar_t, typename acc_t>
 std::vector<acc_t> widen(const std::optional<at::Tensor>& t, int64_t n) {
@@ -187,7 +205,7 @@ std::vector<acc_t> widen(const std::optional<at::Tensor>& t, int64_t n) {
   if (!t.has_value() || !t->defined()) return v;
   auto c = t->contiguous();
   v.resize(n);
-  at::vec::convert(c.data_ptr<scalar_t>(), v.data(), n);
+  to_acc(c, v.data(), n);
   return v;
 }
 
@@ -200,7 +218,6 @@ void norm_fwd_kernel(const at::Tensor& x, const std::optional<at::Tensor>& weigh
   using R = Rows<scalar_t>;
   using acc_t = typename R::acc_t;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
   const auto w = widen<scalar_t, acc_t>(weight, N);
   const auto b = widen<scalar_t, acc_t>(bias, N);
   const acc_t* wp = w.empty() ? nullptr : w.data();
@@ -255,7 +272,6 @@ void norm_bwd_kernel(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
   using R = Rows<scalar_t>;
   using acc_t = typename R::acc_t;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
   const auto w = widen<scalar_t, acc_t>(weight, N);
   const acc_t* wp = w.empty() ? nullptr : w.data();
   const scalar_t* DY = dy.data_ptr<scalar_t>();
@@ -312,15 +328,17 @@ void norm_bwd_kernel(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
   });
 
   // reduce the partials over blocks in fixed order, columns in parallel
+  // (dw/db have their parameter's dtype, which may differ from the input's)
   auto reduce = [&](at::Tensor& out, int64_t offset) {
-    scalar_t* o = out.data_ptr<scalar_t>();
+    std::vector<acc_t> sums(N);
     at::parallel_for(0, N, 1024, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         acc_t s = 0;
         for (int64_t blk = 0; blk < nb; ++blk) s += partial[blk * (pw + pb) + offset + c];
-        o[c] = static_cast<scalar_t>(s);
+        sums[c] = s;
       }
     });
+    from_acc(sums.data(), out, N);
   };
   if (want_dw) reduce(dw, 0);
   if (want_db) reduce(db, pw);
@@ -330,11 +348,15 @@ void norm_bwd_kernel(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
 
 bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
+// kCenter (LayerNorm): parameters of the input's dtype, or float32 with a
+// reduced-precision input; RMSNorm: any floating dtype (both as torch).
+template <bool kCenter>
 void check_fwd(const at::Tensor& input, at::IntArrayRef ns, const std::optional<at::Tensor>& weight,
                const std::optional<at::Tensor>& bias) {
   check_float(input, "input");
   check_affine(weight, "weight", input, ns);
   check_affine(bias, "bias", input, ns);
+  check_param_dtypes(input, weight, bias, /*any_float=*/!kCenter);
 }
 
 template <bool kCenter>
@@ -342,7 +364,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_fwd(const at::Tensor& input,
                                                         const std::optional<at::Tensor>& weight,
                                                         const std::optional<at::Tensor>& bias,
                                                         double eps) {
-  check_fwd(input, ns, weight, bias);
+  check_fwd<kCenter>(input, ns, weight, bias);
   const auto [M, N] = rows_cols(input, ns);
   auto x = input.contiguous();
   auto y = new_output_like(x);
@@ -365,8 +387,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(const at::Tensor& grad_o
                                                         at::IntArrayRef ns, const at::Tensor& mean,
                                                         const at::Tensor& rstd,
                                                         const std::optional<at::Tensor>& weight,
-                                                        bool want_db) {
-  check_fwd(input, ns, weight, std::nullopt);
+                                                        const std::optional<at::Tensor>& bias) {
+  check_fwd<kCenter>(input, ns, weight, bias);
   const auto [M, N] = rows_cols(input, ns);
   TORCH_CHECK(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(),
               " (the shape of input), got ", grad_output.sizes());
@@ -381,8 +403,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(const at::Tensor& grad_o
   auto dy = grad_output.contiguous();
   auto dx = new_output_like(x);
   const bool want_dw = present(weight);
-  auto dw = want_dw ? new_output(ns, x.options()) : at::empty({0}, x.options());
-  auto db = want_db ? new_output(ns, x.options()) : at::empty({0}, x.options());
+  const bool want_db = present(bias);
+  auto dw = want_dw ? new_output(ns, weight->options()) : at::empty({0}, x.options());
+  auto db = want_db ? new_output(ns, bias->options()) : at::empty({0}, x.options());
   if (M == 0) {  // no rows: the parameter gradients are sums over nothing
     dw.zero_();
     db.zero_();
@@ -408,8 +431,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& 
                                                               const at::Tensor& rstd,
                                                               const std::optional<at::Tensor>& weight,
                                                               const std::optional<at::Tensor>& bias) {
-  if (present(bias)) check_affine(bias, "bias", input, ns);
-  return norm_bwd<true>(grad_output, input, ns, mean, rstd, weight, present(bias));
+  return norm_bwd<true>(grad_output, input, ns, mean, rstd, weight, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& input, at::IntArrayRef ns,
@@ -421,7 +443,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& input, at::Int
 std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(const at::Tensor& grad_output, const at::Tensor& input,
                                                 at::IntArrayRef ns, const at::Tensor& rstd,
                                                 const std::optional<at::Tensor>& weight) {
-  auto [dx, dw, db] = norm_bwd<false>(grad_output, input, ns, rstd, rstd, weight, false);
+  auto [dx, dw, db] = norm_bwd<false>(grad_output, input, ns, rstd, rstd, weight, std::nullopt);
   return {dx, dw};
 }
 

@@ -486,6 +486,12 @@ void check_stat(const at::Tensor& t, const char* name, const at::Tensor& input, 
               t.sizes());
 }
 
+bool same_dtypes(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                 const std::optional<at::Tensor>& bias) {
+  return (!present(weight) || weight->scalar_type() == input.scalar_type()) &&
+         (!present(bias) || bias->scalar_type() == input.scalar_type());
+}
+
 // Shared by layer_norm_fwd and rms_norm_fwd; `mean` is undefined for RMSNorm.
 template <bool kRMS>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_fwd(const at::Tensor& input, at::IntArrayRef normalized_shape,
@@ -496,6 +502,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_fwd(const at::Tensor& input,
   const int64_t M = mn.first, N = mn.second;
   mte::check_affine(weight, "weight", input, normalized_shape);
   mte::check_affine(bias, "bias", input, normalized_shape);
+  mte::check_param_dtypes(input, weight, bias, /*any_float=*/kRMS);
+  TORCH_CHECK(same_dtypes(input, weight, bias), "norm_fwd_cuda: mixed dtypes go through norm_fwd_mixed");
   c10::cuda::CUDAGuard guard(input.device());
 
   const auto stat_opts = input.options().dtype(mte::stat_dtype(input.scalar_type()));
@@ -560,6 +568,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(const at::Tensor& grad_o
   check_stat(rstd, "rstd", input, M);
   mte::check_affine(weight, "weight", input, normalized_shape);
   if constexpr (!kRMS) mte::check_affine(bias, "bias", input, normalized_shape);
+  mte::check_param_dtypes(input, weight, kRMS ? std::nullopt : bias, /*any_float=*/kRMS);
+  TORCH_CHECK(same_dtypes(input, weight, kRMS ? std::nullopt : bias),
+              "norm_bwd_cuda: mixed dtypes go through norm_bwd_mixed");
   c10::cuda::CUDAGuard guard(input.device());
 
   const bool has_dw = present(weight);
@@ -643,6 +654,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(const at::Tensor& grad_o
   return {grad_input, grad_weight, grad_bias};
 }
 
+// ---- mixed dtypes -------------------------------------------------------------
+// Parameters of another dtype than the input (float32 weights with a bfloat16
+// activation, as autocast and mixed-precision training give): the kernels are
+// instantiated for one dtype, so this path runs the compute-dtype kernel
+// (float32; float64 for a float64 input) on widened copies and rounds the
+// results back: output and grad_input to the input's dtype, each parameter's
+// gradient to its own. Correct and simple, at the price of the extra casts;
+// the CPU kernel reads mixed parameters directly instead.
+
+at::ScalarType compute_dtype(const at::Tensor& input) {
+  return mte::is_reduced_float(input.scalar_type()) ? at::kFloat : input.scalar_type();
+}
+
+std::optional<at::Tensor> as_dtype(const std::optional<at::Tensor>& t, at::ScalarType dt) {
+  if (!present(t)) return t;
+  return t->to(dt);
+}
+
+template <bool kRMS>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_fwd_any(const at::Tensor& input, at::IntArrayRef ns,
+                                                            const std::optional<at::Tensor>& weight,
+                                                            const std::optional<at::Tensor>& bias, double eps) {
+  if (same_dtypes(input, weight, bias) || !input.is_floating_point()) return norm_fwd<kRMS>(input, ns, weight, bias, eps);
+  check_cuda_input(input);
+  mte::check_affine(weight, "weight", input, ns);
+  mte::check_affine(bias, "bias", input, ns);
+  mte::check_param_dtypes(input, weight, bias, /*any_float=*/kRMS);
+  const auto dt = compute_dtype(input);
+  auto [out, mean, rstd] = norm_fwd<kRMS>(input.to(dt), ns, as_dtype(weight, dt), as_dtype(bias, dt), eps);
+  return {out.to(input.scalar_type()), mean, rstd};
+}
+
+template <bool kRMS>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd_any(const at::Tensor& grad_output, const at::Tensor& input,
+                                                            at::IntArrayRef ns, const at::Tensor& mean,
+                                                            const at::Tensor& rstd,
+                                                            const std::optional<at::Tensor>& weight,
+                                                            const std::optional<at::Tensor>& bias) {
+  if (same_dtypes(input, weight, bias) || !input.is_floating_point())
+    return norm_bwd<kRMS>(grad_output, input, ns, mean, rstd, weight, bias);
+  check_cuda_input(input);
+  mte::check_affine(weight, "weight", input, ns);
+  mte::check_affine(bias, "bias", input, ns);
+  mte::check_param_dtypes(input, weight, bias, /*any_float=*/kRMS);
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
+              input.scalar_type(), " (the dtype of input), got ", grad_output.scalar_type());
+  const auto dt = compute_dtype(input);
+  auto [gx, gw, gb] = norm_bwd<kRMS>(grad_output.to(dt), input.to(dt), ns, mean, rstd, as_dtype(weight, dt),
+                                     as_dtype(bias, dt));
+  return {gx.to(input.scalar_type()), present(weight) ? gw.to(weight->scalar_type()) : gw,
+          present(bias) ? gb.to(bias->scalar_type()) : gb};
+}
+
 // ---- the four registered ops ------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cuda(const at::Tensor& input,
@@ -650,18 +714,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cuda(const at::Ten
                                                                    const std::optional<at::Tensor>& weight,
                                                                    const std::optional<at::Tensor>& bias,
                                                                    double eps) {
-  return norm_fwd<false>(input, normalized_shape, weight, bias, eps);
+  return norm_fwd_any<false>(input, normalized_shape, weight, bias, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef normalized_shape, const at::Tensor& mean,
     const at::Tensor& rstd, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias) {
-  return norm_bwd<false>(grad_output, input, normalized_shape, mean, rstd, weight, bias);
+  return norm_bwd_any<false>(grad_output, input, normalized_shape, mean, rstd, weight, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& input, at::IntArrayRef normalized_shape,
                                                      const std::optional<at::Tensor>& weight, double eps) {
-  auto [out, mean, rstd] = norm_fwd<true>(input, normalized_shape, weight, std::nullopt, eps);
+  auto [out, mean, rstd] = norm_fwd_any<true>(input, normalized_shape, weight, std::nullopt, eps);
   return {out, rstd};
 }
 
@@ -669,7 +733,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& grad_outp
                                                      at::IntArrayRef normalized_shape, const at::Tensor& rstd,
                                                      const std::optional<at::Tensor>& weight) {
   auto [grad_input, grad_weight, grad_bias] =
-      norm_bwd<true>(grad_output, input, normalized_shape, at::Tensor(), rstd, weight, std::nullopt);
+      norm_bwd_any<true>(grad_output, input, normalized_shape, at::Tensor(), rstd, weight, std::nullopt);
   return {grad_input, grad_weight};
 }
 

@@ -31,8 +31,18 @@ inline void check_param(const at::Tensor& p, size_t i, const at::Tensor& p0) {
               "]: expected a dense, non-overlapping tensor (for example a contiguous one)");
 }
 
-// A per-parameter tensor (grad or state) must match its parameter exactly:
-// the kernels walk all of them with one flat index.
+// Same memory layout as the (dense) parameter: equal strides in every dimension
+// of size > 1. A size-1 dimension's stride is never used to address memory, and
+// autograd may leave any value there (a grad of shape [1, 100, 1] with strides
+// [100, 1, 1] lies in memory exactly as a param with strides [100, 100, 1]).
+inline bool same_layout(const at::Tensor& t, const at::Tensor& p) {
+  for (int64_t d = 0; d < p.dim(); ++d)
+    if (p.size(d) > 1 && t.stride(d) != p.stride(d)) return false;
+  return true;
+}
+
+// A per-parameter tensor (grad or state) must match its parameter's shape and
+// memory layout: the kernels walk all of them with one flat index.
 inline void check_like(const at::Tensor& t, const char* name, size_t i, const at::Tensor& p) {
   TORCH_CHECK(t.defined(), name, "[", i, "]: expected a tensor, got None");
   TORCH_CHECK(!t.is_sparse(), name, "[", i, "]: sparse tensors are not supported");
@@ -42,8 +52,8 @@ inline void check_like(const at::Tensor& t, const char* name, size_t i, const at
               " (the dtype of params[", i, "]), got ", t.scalar_type());
   TORCH_CHECK(t.sizes() == p.sizes(), name, "[", i, "]: expected shape ", p.sizes(), " (the shape of params[", i,
               "]), got ", t.sizes());
-  TORCH_CHECK(p.numel() <= 1 || t.strides() == p.strides(), name, "[", i, "]: expected the strides of params[", i,
-              "] ", p.strides(), ", got ", t.strides());
+  TORCH_CHECK(same_layout(t, p), name, "[", i, "]: expected the memory layout of params[", i, "] (strides ",
+              p.strides(), " in its dimensions of size > 1), got strides ", t.strides());
 }
 
 inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }

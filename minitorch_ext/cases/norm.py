@@ -133,33 +133,51 @@ def _raw_ops(kind: str):
 
 def _bad_inputs(kind: str):
     ours = getattr(mte.nn.functional, kind)
+    native = getattr(F, kind)
 
     def bad():
         x = torch.randn(3, 4)
+        xb = x.bfloat16()
         w4, w5 = torch.ones(4), torch.ones(5)
-        items = [
-            BadInput(lambda: ours(x, (5,)), RuntimeError, r"normalized_shape=\[5\].*input", "shape mismatch"),
-            BadInput(lambda: ours(x, (2, 4)), RuntimeError, r"normalized_shape", "too many dims"),
-            BadInput(lambda: ours(x, (4,), w5), RuntimeError, r"weight.*shape", "weight shape"),
-            BadInput(lambda: ours(torch.ones(3, 4, dtype=torch.long), (4,)), RuntimeError, r"input.*floating",
-                     "integer input"),
-            BadInput(lambda: ours(torch.ones(3, 4, dtype=torch.int32), (4,), torch.ones(4, dtype=torch.int32)),
-                     RuntimeError, r"input.*floating", "integer input and weight"),
-            BadInput(lambda: ours(x, (4,), w4.double()), RuntimeError, r"weight.*dtype", "weight dtype"),
-            BadInput(lambda: ours(x, (4,), torch.ones(4, device="meta")), RuntimeError, r"weight.*device",
-                     "weight on another device"),
-            BadInput(lambda: ours("x", (4,)), TypeError, r"input", "input not a tensor"),
+        # (args, error, match, desc): each case is checked on ours and, with the
+        # same arguments, on torch, which must raise the same error type
+        cases = [
+            (lambda: (x, (5,)), RuntimeError, r"normalized_shape=\[5\].*input", "shape mismatch"),
+            (lambda: (x, (2, 4)), RuntimeError, r"normalized_shape", "trailing dims mismatch"),
+            (lambda: (torch.randn(4), (2, 4)), ValueError if kind == "rms_norm" else RuntimeError,
+             r"normalized_shape=\[2, 4\]", "normalized_shape longer than input dims"),
+            (lambda: (x, ()), RuntimeError, r"normalized_shape", "empty normalized_shape"),
+            (lambda: (x, (4,), w5), RuntimeError, r"weight.*shape", "weight shape"),
+            (lambda: (torch.ones(3, 4, dtype=torch.long), (4,)), RuntimeError, r"input.*floating",
+             "integer input"),
+            (lambda: (torch.ones(3, 4, dtype=torch.int32), (4,), torch.ones(4, dtype=torch.int32)),
+             RuntimeError, r"input.*floating", "integer input and weight"),
+            (lambda: (x, (4,), torch.ones(4, device="meta")), RuntimeError, r"weight.*device",
+             "weight on another device"),
         ]
         if kind == "layer_norm":
+            cases += [
+                (lambda: (x, (4,), w4.double()), RuntimeError, r"weight.*dtype", "weight float64, input float32"),
+                (lambda: (x, (4,), w4.bfloat16()), RuntimeError, r"weight.*dtype", "weight bf16, input float32"),
+                (lambda: (xb, (4,), w4.bfloat16(), w4), RuntimeError, r"bias.*dtype", "weight bf16, bias float32"),
+                (lambda: (xb, (4,), w4, w4.bfloat16()), RuntimeError, r"bias.*dtype", "weight float32, bias bf16"),
+                (lambda: (x, (4,), w4, w5), RuntimeError, r"bias.*shape", "bias shape"),
+                (lambda: (x, (4,), w4, torch.ones(4, device="meta")), RuntimeError, r"bias.*device",
+                 "bias on another device"),
+            ]
+        items = [BadInput(lambda a=args: ours(*a()), err, match, desc, native=lambda a=args: native(*a()))
+                 for args, err, match, desc in cases]
+        items.append(BadInput(lambda: ours("x", (4,)), TypeError, r"input", "input not a tensor",
+                              native=lambda: native("x", (4,))))
+        if kind == "layer_norm":
             items += [
-                BadInput(lambda: ours(x, (4,), w4, w5), RuntimeError, r"bias.*shape", "bias shape"),
-                BadInput(lambda: ours(x, (4,), w4, torch.ones(4, device="meta")), RuntimeError, r"bias.*device",
-                         "bias on another device"),
                 # the raw C++ op checks its arguments too
                 BadInput(lambda: OPS.layer_norm_fwd(x, [5], None, None, 1e-5), RuntimeError,
                          r"input: given normalized_shape", "raw op shape"),
                 BadInput(lambda: OPS.layer_norm_fwd(x, [4], w5, None, 1e-5), RuntimeError,
                          r"weight: expected shape", "raw op weight"),
+                BadInput(lambda: OPS.layer_norm_fwd(x, [4], w4.bfloat16(), None, 1e-5), RuntimeError,
+                         r"weight: expected dtype", "raw op weight dtype"),
             ]
         else:
             items += [
@@ -182,6 +200,11 @@ def spec(kind: str) -> OpSpec:
         strategy=lambda backend: _strategy(kind, backend),
         raw_ops=_raw_ops(kind),
         bad_inputs=_bad_inputs(kind),
+        # float32 master weights with a reduced-precision activation (autocast, mixed precision)
+        mixed=[(torch.bfloat16, {"weight": torch.float32, "bias": torch.float32}),
+               (torch.float16, {"weight": torch.float32, "bias": torch.float32})]
+        + ([(torch.float32, {"weight": torch.bfloat16}), (torch.float64, {"weight": torch.float32})]
+           if kind == "rms_norm" else []),
         extra={"parity_samples": lambda backend: parity_samples(kind, backend)},
     )
 

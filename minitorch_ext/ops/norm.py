@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ._registry import triton_custom_op
+from ._registry import register_autocast_policy, triton_custom_op
 
 _OPS = torch.ops.minitorch_ext
 
@@ -50,6 +50,10 @@ def _check(fn: str, input, normalized_shape, weight, bias=None):
     nd = len(normalized_shape)
     if nd == 0:
         raise RuntimeError(f"{fn}(): normalized_shape: expected at least one dimension")
+    if fn == "rms_norm" and input.dim() < nd:
+        # torch's rms_norm raises ValueError here (layer_norm a RuntimeError, below)
+        raise ValueError(f"{fn}(): input: given normalized_shape={list(normalized_shape)}, expected input "
+                         f"with at least {nd} dimensions, but got input of size {list(input.shape)}")
     if input.dim() < nd or list(input.shape[input.dim() - nd:]) != list(normalized_shape):
         raise RuntimeError(
             f"{fn}(): input: given normalized_shape={list(normalized_shape)}, expected input with shape "
@@ -67,8 +71,29 @@ def _check(fn: str, input, normalized_shape, weight, bias=None):
             raise RuntimeError(
                 f"{fn}(): {name}: expected all tensors to be on the same device, but {name} is on "
                 f"{t.device} and input on {input.device}")
-        if t.dtype != input.dtype:
-            raise RuntimeError(f"{fn}(): {name}: expected dtype {input.dtype} (the dtype of input), got {t.dtype}")
+        if not t.is_floating_point():
+            raise RuntimeError(f"{fn}(): {name}: expected a floating point tensor, got dtype {t.dtype}")
+    _check_param_dtypes(fn, input, weight, bias)
+
+
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+def _check_param_dtypes(fn: str, input: Tensor, weight, bias) -> None:
+    """Mixed precision as torch allows it (csrc/common/checks.h, check_param_dtypes):
+    layer_norm takes parameters of the input's dtype, or float32 ones with a
+    bfloat16/float16 input (autocast, float32 master weights); rms_norm takes any
+    floating dtype. Output in the input's dtype, each gradient in its parameter's."""
+    if fn == "rms_norm":
+        return
+    present = [(n, t) for n, t in (("weight", weight), ("bias", bias)) if t is not None]
+    for name, t in present:
+        if t.dtype != input.dtype and not (t.dtype == torch.float32 and input.dtype in _REDUCED):
+            extra = " or torch.float32" if input.dtype in _REDUCED else ""
+            raise RuntimeError(f"{fn}(): {name}: expected dtype {input.dtype} (the dtype of input){extra}, "
+                               f"got {t.dtype}")
+    if len(present) == 2 and weight.dtype != bias.dtype:
+        raise RuntimeError(f"{fn}(): bias: expected dtype {weight.dtype} (the dtype of weight), got {bias.dtype}")
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -211,6 +236,11 @@ _wire_layer_norm("minitorch_ext::layer_norm_fwd", lambda: _OPS.layer_norm_bwd)
 _wire_layer_norm("minitorch_ext::layer_norm_fwd_triton", lambda: _OPS.layer_norm_bwd_triton)
 _wire_rms_norm("minitorch_ext::rms_norm_fwd", lambda: _OPS.rms_norm_bwd)
 _wire_rms_norm("minitorch_ext::rms_norm_fwd_triton", lambda: _OPS.rms_norm_bwd_triton)
+
+# torch's autocast: layer_norm and rms_norm are on CUDA's float32 list and on no
+# CPU list (a bfloat16 input stays bfloat16 under CPU autocast)
+for _name in ("layer_norm_fwd", "layer_norm_fwd_triton", "rms_norm_fwd", "rms_norm_fwd_triton"):
+    register_autocast_policy(f"minitorch_ext::{_name}", cuda="fp32")
 
 
 # ---------------------------------------------------------------------------

@@ -12,10 +12,10 @@ def check_param(opt_name: str, p: torch.Tensor) -> None:
     """Run when a parameter's state is first created (as torch's fused
     optimizers check their params): dtype and device must be ones we have
     kernels for. RuntimeError, as torch's `fused=True` raises."""
-    if p.dtype not in SUPPORTED_DTYPES or p.device.type not in ("cpu", "cuda"):
+    if p.dtype not in SUPPORTED_DTYPES or p.device.type not in ("cpu", "cuda", "meta"):
         raise RuntimeError(
             f"{opt_name}: params must be floating point tensors (float32, float64 or bfloat16) on cpu "
-            f"or cuda, but got a {p.dtype} param on {p.device}")
+            f"or cuda (or meta), but got a {p.dtype} param on {p.device}")
 
 
 def no_sparse(opt_name: str, g: torch.Tensor, hint: str = "") -> None:
