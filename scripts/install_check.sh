@@ -28,7 +28,7 @@ ref = torch.nn.functional.layer_norm(x, (64,), w, b)
 torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 print("smoke ok:", mte.__file__, mte.build_info())
 PY
-  ) && (cd "$WORK" && "$1" -m minitorch_ext info | head -5)
+  ) && (cd "$WORK" && "$1" -m minitorch_ext info > "$WORK/info.txt") && head -5 "$WORK/info.txt"
 }
 
 # the clone: only what git tracks (a user's fresh clone), no build products
