@@ -1044,8 +1044,28 @@ def test_grad_strides_differ_only_in_size_one_dims(name, backend):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7)
 
 
-def test_grad_of_another_memory_layout_is_refused_clearly():
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "Adagrad"])
+def test_grad_of_another_memory_layout_steps_as_torch(name):
+    # a transposed grad of a contiguous param: torch steps it; ours lays it out as the
+    # param once (p.grad replaced by that copy, so in-place unscale/clip land there)
+    kw = {"SGD": dict(lr=0.1, momentum=0.9)}.get(name, dict(lr=0.01))
     p = torch.nn.Parameter(torch.randn(4, 6))
-    p.grad = torch.randn(6, 4).t()  # transposed: a different memory order
+    q = torch.nn.Parameter(p.detach().clone())
+    ours, ref = getattr(mte.optim, name)([p], **kw), getattr(torch.optim, name)([q], **kw, foreach=False)
+    for step in range(3):
+        p.grad = torch.randn(6, 4, generator=torch.Generator().manual_seed(step)).t()
+        q.grad = p.grad.clone()
+        ours.clip_grad_norm_(0.5)
+        torch.nn.utils.clip_grad_norm_([q], 0.5, foreach=False)
+        ours.step()
+        ref.step()
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_raw_op_refuses_another_memory_layout_clearly():
+    p = torch.randn(4, 6)
+    g = torch.randn(6, 4).t()
     with pytest.raises(RuntimeError, match=r"grads\[0\]: expected the memory layout of params\[0\]"):
-        mte.optim.SGD([p], lr=0.1).step()
+        torch.ops.minitorch_ext.sgd_step_([p], [g], [], lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                                          nesterov=False, maximize=False, is_first_step=False)

@@ -39,6 +39,7 @@
 #include <optional>
 #include <vector>
 
+#include "optim/optim_checks.h"
 #include "optim/optim_ops.h"
 
 namespace py = pybind11;
@@ -140,6 +141,7 @@ bool gather(const py::list& group_params, const py::dict& state, const std::vect
     const at::Tensor& g = p->grad();
     if (!g.defined()) continue;  // torch skips params without a grad
     if (g.is_sparse()) return false;
+    if (!mte::optim::same_layout(g, *p)) return false;  // the Python path lays the grad out as its param
     if (!params.empty() && p->device() != params[0].device()) return false;
     PyObject* st = nullptr;
     if (!keys.empty()) {

@@ -18,6 +18,24 @@ def check_param(opt_name: str, p: torch.Tensor) -> None:
             f"or cuda (or meta), but got a {p.dtype} param on {p.device}")
 
 
+def grad_of(p: torch.Tensor) -> torch.Tensor | None:
+    """p.grad, laid out in memory as `p` is. The step kernels walk a param, its grad
+    and its state with one flat index, so they need one memory order; a grad of
+    another order (e.g. a transposed grad of a contiguous param, which torch steps)
+    is copied once into p's layout and put back as ``p.grad``, so the in-place
+    unscale/clip of the step lands in ``p.grad`` as torch's does. Strides of size-1
+    dimensions are ignored (they address nothing)."""
+    g = p.grad
+    if g is None or g.is_sparse or g.shape != p.shape or g.stride() == p.stride():  # the usual case: one compare
+        return g
+    if any(n > 1 and a != b for n, a, b in zip(p.shape, g.stride(), p.stride())):
+        relaid = torch.empty_like(p, memory_format=torch.preserve_format)
+        relaid.copy_(g)
+        p.grad = relaid
+        g = relaid
+    return g
+
+
 def no_sparse(opt_name: str, g: torch.Tensor, hint: str = "") -> None:
     if g.is_sparse:
         raise RuntimeError(f"{opt_name} does not support sparse gradients{hint}")

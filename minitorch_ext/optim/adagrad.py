@@ -50,7 +50,7 @@ class Adagrad(C.FusedStep, torch.optim.Adagrad):
         params, grads, sums, steps = [], [], [], []
         state = self.state
         for p in group["params"]:
-            g = p.grad
+            g = C.grad_of(p)
             if g is None:
                 continue
             if g.is_sparse:

@@ -29,7 +29,7 @@ class _FusedAdamStep(C.FusedStep):
         add_p, add_g, add_m, add_v, add_x, add_s = (params.append, grads.append, exp_avgs.append,
                                                     exp_avg_sqs.append, max_sqs.append, steps.append)
         for p in group["params"]:
-            g = p.grad
+            g = C.grad_of(p)
             if g is None:
                 continue
             if g.is_sparse:

@@ -37,7 +37,7 @@ class RMSprop(C.FusedStep, torch.optim.RMSprop):
         params, grads, sqs, gas, bufs, steps = [], [], [], [], [], []
         state = self.state
         for p in group["params"]:
-            g = p.grad
+            g = C.grad_of(p)
             if g is None:
                 continue
             if g.is_sparse:

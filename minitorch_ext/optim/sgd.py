@@ -43,7 +43,7 @@ class SGD(C.FusedStep, torch.optim.SGD):
         params, grads, bufs, first = [], [], [], []
         state = self.state
         for p in group["params"]:
-            g = p.grad
+            g = C.grad_of(p)
             if g is None:
                 continue
             if g.is_sparse:
