@@ -70,6 +70,10 @@ def cuda_toolkit():
 CUDA_ROOT = cuda_toolkit()
 if CUDA_ROOT is not None:
     os.environ["CUDA_HOME"] = CUDA_ROOT
+else:  # CPU only, reason given above: torch's own CUDA_HOME guess would only add a misleading warning
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 from torch.utils.cpp_extension import (  # noqa: E402
     BuildExtension,
