@@ -76,4 +76,45 @@ TORCH_LIBRARY(minitorch_ext, m) {
   // dtype (NaN stays NaN), skipped when coef == 1.
   m.def("total_norm(Tensor[] tensors, float norm_type) -> Tensor");
   m.def("clip_scale_(Tensor(a!)[] tensors, Tensor total_norm, float max_norm) -> ()");
+
+  // ---- dense family: the GEMM core, Linear, activations, softmax ------------
+  // act names one activation, applied as an epilogue (gemm, linear_fwd) or on
+  // its own (act_*): "none" | "relu" | "leaky_relu" | "gelu" | "gelu_tanh" |
+  // "silu" | "tanh" | "sigmoid"; slope is leaky_relu's negative_slope (ignored
+  // otherwise). csrc/common/act.h has the math, one definition for every kernel.
+  //
+  // gemm: out[M,N] = act(alpha * a[M,K] @ b[K,N] + beta * c + bias), in one pass
+  // over the C tile. a and b may have any strides (a transposed operand is a
+  // strided view: no copy); c ([M,N], any strides: the BLAS C or a residual) and
+  // bias ([N] when bias_dim == 1, per column; [M] when bias_dim == 0, per row)
+  // are optional. All tensors share one dtype: float32, float64 or bfloat16
+  // (float16 too on CUDA); bfloat16 accumulates in float32 and rounds once on
+  // store. The output is a new contiguous [M,N] tensor.
+  m.def("gemm(Tensor a, Tensor b, Tensor? c=None, *, float alpha=1.0, float beta=1.0, "
+        "Tensor? bias=None, int bias_dim=1, str act='none', float slope=0.01) -> Tensor");
+  // linear_fwd: output[*, N] = act(input[*, K] @ weight[N, K]^T + bias[N]).
+  // preact is the pre-activation ([*, N], what backward needs) when act != "none",
+  // else an empty [0] tensor.
+  m.def("linear_fwd(Tensor input, Tensor weight, Tensor? bias, str act, float slope) "
+        "-> (Tensor output, Tensor preact)");
+  // linear_bwd: g = grad_output * act'(preact) (preact unused when act == "none");
+  // grad_input = g @ weight, grad_weight = g^T @ input, grad_bias = sum of g over
+  // the rows (a fixed order: bitwise the same for any thread count). A result
+  // whose output_mask entry is false (or grad_bias without bias) comes back as an
+  // empty [0] tensor.
+  m.def("linear_bwd(Tensor grad_output, Tensor input, Tensor weight, Tensor preact, "
+        "str act, float slope, bool[3] output_mask) -> (Tensor grad_input, "
+        "Tensor grad_weight, Tensor grad_bias)");
+  // Activations, elementwise, any shape and strides (the output is contiguous
+  // for act_fwd/act_bwd). act_bwd's saved is the forward input, or its output
+  // when saved_is_output (allowed for relu, leaky_relu with slope >= 0, tanh and
+  // sigmoid: what an in-place forward leaves). act_ works in place.
+  m.def("act_fwd(Tensor input, str act, float slope) -> Tensor");
+  m.def("act_bwd(Tensor grad_output, Tensor saved, str act, float slope, bool saved_is_output) -> Tensor");
+  m.def("act_(Tensor(a!) self, str act, float slope) -> ()");
+  // softmax / log_softmax over dim (log selects log_softmax), float32 math for
+  // bfloat16/float16 (float64 for float64), output in the input's dtype;
+  // backward from the forward's output.
+  m.def("softmax_fwd(Tensor input, int dim, bool log) -> Tensor");
+  m.def("softmax_bwd(Tensor grad_output, Tensor output, int dim, bool log) -> Tensor");
 }
