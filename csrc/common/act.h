@@ -19,34 +19,12 @@
 // sigmoid) serve in-place forwards, which keep only the output.
 #pragma once
 #include <ATen/cpu/vec/vec.h>
-#include <c10/util/Exception.h>
-#include <c10/util/string_view.h>
 
 #include <cmath>
-#include <string>
+
+#include "common/act_kind.h"
 
 namespace mte {
-
-enum class Act : int { None = 0, ReLU, LeakyReLU, GELU, GELUTanh, SiLU, Tanh, Sigmoid };
-
-inline Act parse_act(c10::string_view name) {
-  if (name == "none") return Act::None;
-  if (name == "relu") return Act::ReLU;
-  if (name == "leaky_relu") return Act::LeakyReLU;
-  if (name == "gelu") return Act::GELU;
-  if (name == "gelu_tanh") return Act::GELUTanh;
-  if (name == "silu") return Act::SiLU;
-  if (name == "tanh") return Act::Tanh;
-  if (name == "sigmoid") return Act::Sigmoid;
-  TORCH_CHECK_VALUE(false, "act: expected one of 'none', 'relu', 'leaky_relu', 'gelu', 'gelu_tanh', "
-                    "'silu', 'tanh', 'sigmoid', got '", std::string(name), "'");
-}
-
-// Can the derivative be computed from the output alone?
-inline bool act_grad_from_output_ok(Act a, double slope) {
-  return a == Act::None || a == Act::ReLU || a == Act::Tanh || a == Act::Sigmoid ||
-         (a == Act::LeakyReLU && slope >= 0);
-}
 
 // ---- scalar forms (T = float or double) --------------------------------------
 
