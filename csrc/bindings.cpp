@@ -9,6 +9,7 @@
 
 namespace mte {
 void register_optim_eager(pybind11::module& m);  // csrc/optim/optim_py.cpp
+void register_fma_peak(pybind11::module& m);     // csrc/gemm/fma_peak_cpu.cpp
 }
 
 #ifndef MINITORCH_EXT_CPU_ISA
@@ -46,5 +47,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_poison", []() { return mte::poison_flag().load(); });
   m.def("empty_cache", &mte::cpu_cache_release, "Release the CPU output cache; returns the bytes freed");
   mte::register_optim_eager(m);
+  mte::register_fma_peak(m);
   m.def("cache_stats", &mte::cpu_cache_stats, "(bytes cached, hits, misses) of the CPU output cache");
 }

@@ -333,6 +333,9 @@ def test_bad_inputs():
            lambda: ops.linear_bwd(f32(3, 6), f32(3, 4), f32(5, 4), f32(3, 5), "relu", 0.0, [True, True, True]))
     raises(RuntimeError, r"preact: expected shape",
            lambda: ops.linear_bwd(f32(3, 5), f32(3, 4), f32(5, 4), f32(3, 4), "relu", 0.0, [True, True, True]))
-    if torch.device("meta").type == "meta":  # a device mismatch, without needing a GPU
-        raises((RuntimeError, NotImplementedError), r"device|meta|CPU",
-               lambda: ops.gemm(f32(3, 4), f32(4, 2, device="meta")))
+    # a device mismatch without a GPU: call the CPU kernels directly with one meta tensor
+    cpu = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    raises(RuntimeError, r"b: expected a tensor on cpu \(the device of a\), got one on meta",
+           lambda: ops.gemm.default.redispatch(cpu, f32(3, 4), f32(4, 2, device="meta")))
+    raises(RuntimeError, r"weight: expected a tensor on cpu \(the device of input\), got one on meta",
+           lambda: ops.linear_fwd.default.redispatch(cpu, f32(3, 4), f32(5, 4, device="meta"), None, "none", 0.0))

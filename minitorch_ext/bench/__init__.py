@@ -25,6 +25,8 @@ FAMILIES: dict[str, str | Callable] = {
     "rmsnorm": "minitorch_ext.bench.norm:rmsnorm",
     "optim": "minitorch_ext.bench.optim:optim",
     "optim_clip": "minitorch_ext.bench.optim:optim_clip",
+    "gemm": "minitorch_ext.bench.gemm:gemm",
+    "linear": "minitorch_ext.bench.gemm:linear",
 }
 
 

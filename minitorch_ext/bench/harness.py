@@ -383,6 +383,23 @@ def matmul_rate(device: torch.device, quick: bool) -> dict:
     return {"gflops": 2 * n ** 3 / t / 1e9, "what": f"{n}^3 {str(dtype).replace('torch.', '')}"}
 
 
+def fma_peak(quick: bool) -> Optional[dict]:
+    """The CPU's arithmetic peak: an FMA loop on registers (minitorch_ext._C.fma_peak), float32
+    GFLOP/s on one thread and on torch.get_num_threads() threads; None without the extension."""
+    try:
+        from minitorch_ext import _C
+
+        iters = 10_000_000 if quick else 40_000_000
+        threads = torch.get_num_threads()
+        one = _C.fma_peak("float32", 1, iters)
+        return {"per_thread": one, "threads": threads,
+                "gflops": _C.fma_peak("float32", threads, iters) if threads > 1 else one,
+                "float64": _C.fma_peak("float64", threads, iters),
+                "isa": _C.build_info().get("cpu_isa", "?")}
+    except Exception:
+        return None
+
+
 # ----------------------------------------------------------------------------- backends
 
 
@@ -500,6 +517,9 @@ def bench_case(family: str, case: Case, backends: list[str], clock: _Clock, sett
                 row["ours_gflops"] = case.flops / ours_s / 1e9
                 row["native_gflops"] = case.flops / nat_s / 1e9
                 row["pct_matmul"] = 100 * row["ours_gflops"] / env["matmul"]["gflops"]
+                if env.get("fma"):
+                    peak = env["fma"]["float64" if case.dtype == "float64" else "gflops"]
+                    row["pct_peak"] = 100 * row["ours_gflops"] / peak
             if case.note:
                 row["note"] = case.note
             rows.append(row)
@@ -531,13 +551,14 @@ _COLUMNS = [  # (title, key, formatter, right-aligned)
     ("% copy", "pct_copy", lambda v: "-" if v is None else f"{v:.0f}%", True),
     ("GFLOP/s", "ours_gflops", lambda v: "-" if v is None else f"{v:.1f}", True),
     ("% matmul", "pct_matmul", lambda v: "-" if v is None else f"{v:.0f}%", True),
+    ("% peak", "pct_peak", lambda v: "-" if v is None else f"{v:.0f}%", True),
 ]
 
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown pipe table (reads as plain text, renders in a results .md)."""
     cols = [c for c in _COLUMNS
-            if c[1] not in ("flags", "ours_gbps", "pct_copy", "ours_gflops", "pct_matmul")
+            if c[1] not in ("flags", "ours_gbps", "pct_copy", "ours_gflops", "pct_matmul", "pct_peak")
             or any(r.get(c[1]) for r in rows)]
     cells = [[c[0] for c in cols]] + [[c[2](r.get(c[1])) if c[3] else str(r.get(c[1]) or "") for c in cols]
                                       for r in rows]
@@ -587,6 +608,12 @@ def format_header(env: dict, families: list[str], settings: dict) -> str:
             if mb != "0" else "ours and native both allocate through torch's CPU allocator (--no-cache)"))
     lines.append(f"ceilings: copy {env['copy']['gbps']:.1f} GB/s (read+write, {env['copy']['mib']} MiB copied "
                  f"into a preallocated tensor); matmul {env['matmul']['what']} {env['matmul']['gflops']:.0f} GFLOP/s")
+    if env.get("fma"):
+        f = env["fma"]
+        lines.append(f"peak:     FMA loop on registers ({f['isa']} build): float32 {f['per_thread']:.0f} GFLOP/s per "
+                     f"thread, {f['gflops']:.0f} on {f['threads']} threads (float64 {f['float64']:.0f}); bfloat16 "
+                     "GEMMs widen to float32 here (no bf16 dot-product path), so their peak is float32's; "
+                     "% peak = ours GFLOP/s / that")
     timer = ("CUDA events per call, L2 flushed before each" if dev == "cuda" else "time.perf_counter per call, gc off")
     lines.append(f"method:   ours and native interleaved (alternating order) on the same inputs, median of "
                  f"{settings['min_rounds']}-{settings['max_rounds']} rounds filling {settings['budget']:g} s "
@@ -626,6 +653,8 @@ def collect_env(device: torch.device, quick: bool) -> dict:
         env["alloc"] = alloc_probe(quick)
     env["copy"] = copy_bandwidth(device, quick)
     env["matmul"] = matmul_rate(device, quick)
+    if device.type == "cpu":
+        env["fma"] = fma_peak(quick)
     gc.collect()
     return env
 
