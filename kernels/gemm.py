@@ -86,7 +86,9 @@ Launching: under triton_op the launches go through torch.library.wrap_triton
 from __future__ import annotations
 
 import functools
+import math
 import os
+import struct
 import warnings
 
 import torch
@@ -140,13 +142,22 @@ def _empty(shape, dtype, device) -> torch.Tensor:
     return _poison.empty(shape, dtype=dtype, device=device)
 
 
+def _f32(x: float) -> float:
+    """x rounded to float32, in plain Python (no tensor: this runs while
+    torch.compile traces a triton_op, where a tensor would be fake)."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:  # beyond the float32 range
+        return math.copysign(math.inf, x)
+
+
 def _split(x: float) -> tuple[float, float]:
     """x as hi + lo, both float32-representable (x to ~2^-48 relative)."""
-    hi = float(torch.tensor(x, dtype=torch.float32))
+    hi = _f32(x)
     lo = x - hi
-    if lo != lo or abs(lo) == float("inf"):  # x inf/nan or beyond the float32 range
+    if not math.isfinite(lo):  # x inf/nan or beyond the float32 range
         lo = 0.0
-    return hi, float(torch.tensor(lo, dtype=torch.float32))
+    return hi, _f32(lo)
 
 
 def _acc_dtype(dtype):
@@ -260,7 +271,7 @@ def _gemm_kernel(
     HAS_C: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_DIM: tl.constexpr,
     ACT: tl.constexpr, STORE_PRE: tl.constexpr,
     USE_DOT: tl.constexpr,        # False: the float64 fallback without tl.dot
-    PRECISION: tl.constexpr,      # tl.dot input_precision: "ieee" or "tf32" (float32 only)
+    PRECISION: tl.constexpr,      # tl.dot input_precision: "ieee"/"tf32" (float32), "ieee" (float64), None (16-bit)
     WIDEN_BF16: tl.constexpr,     # interpreter only: bf16 tiles -> float32 before tl.dot (triton#11584)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -379,7 +390,7 @@ def _gemm_launch(a, b, c, bias, bias_dim, out, pre, alpha, beta, act, slope):
     flags = dict(
         ACC=_acc_dtype(dtype), HAS_C=has_c, HAS_BIAS=has_bias, BIAS_DIM=bias_dim,
         ACT=act, STORE_PRE=pre is not None,
-        PRECISION=_fp32_precision() if dtype == torch.float32 else "ieee",
+        PRECISION=_fp32_precision() if dtype == torch.float32 else ("ieee" if dtype == torch.float64 else None),
         WIDEN_BF16=_interpreting() and dtype == torch.bfloat16,
     )
 
@@ -469,6 +480,7 @@ def _sm_count(device_index: int) -> int:
 
 def _act_bwd_launch(grad_out, preact, act, slope, write_g: bool, want_db: bool):
     """(g or None, db or None) for 2-D grad_out/preact [M, N]."""
+    assert write_g or want_db
     M, N = grad_out.shape
     dev, dtype = grad_out.device, grad_out.dtype
     g = _empty((M, N), dtype, dev) if write_g else None
