@@ -306,10 +306,11 @@ def _gemm_kernel(
         a = tl.load(a_ptrs, mask=rk[None, :] < k_left, other=0.0)
         b = tl.load(b_ptrs, mask=rk[:, None] < k_left, other=0.0)
         if USE_DOT:
+            # out_dtype given: triton 3.6's default is float32 even with a float64 acc
             if WIDEN_BF16:
-                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=ACC)
             else:
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
         else:
             acc += tl.sum(a[:, :, None].to(ACC) * b[None, :, :].to(ACC), axis=1)
         a_ptrs += a_step
@@ -592,8 +593,9 @@ def act_backward(grad_out, preact, act, slope=0.01):
     _check_act(act)
     shape = grad_out.shape
     if act != "none":
-        if preact.shape != shape:
-            raise RuntimeError(f"act_backward: preact shape {list(preact.shape)} != grad_out shape {list(shape)}")
+        if preact is None or preact.shape != shape:
+            raise RuntimeError(f"act_backward: preact must have grad_out's shape {list(shape)}, got "
+                               f"{None if preact is None else list(preact.shape)}")
         _check_dtype("preact", preact, grad_out.dtype)
     if grad_out.numel() == 0:
         return _empty(shape, grad_out.dtype, grad_out.device)
@@ -618,6 +620,9 @@ def linear_bwd(grad_out, x, weight, preact, act, slope, mask):
         raise RuntimeError(f"linear_bwd: shapes grad_output {list(grad_out.shape)}, input {list(x.shape)}, "
                            f"weight {list(weight.shape)} do not match")
     dtype = grad_out.dtype
+    if act != "none" and (preact is None or tuple(preact.shape) != (M, N)):
+        raise RuntimeError(f"linear_bwd: act={act!r} needs preact of shape [{M}, {N}] (linear_fwd's second output), "
+                           f"got {None if preact is None else list(preact.shape)}")
     for name, t in (("input", x), ("weight", weight)) + ((("preact", preact),) if act != "none" else ()):
         _check_dtype(name, t, dtype)
     if act == "none":
@@ -651,7 +656,7 @@ def _canary_dot_kernel(A, B, C, WIDEN: tl.constexpr, BM: tl.constexpr, BN: tl.co
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     acc = tl.zeros((BM, BN), dtype=C.dtype.element_ty)
-    acc = tl.dot(a, b, acc, input_precision="ieee")
+    acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=C.dtype.element_ty)
     tl.store(C + rm[:, None] * BN + rn[None, :], acc)
 
 

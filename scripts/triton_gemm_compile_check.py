@@ -9,8 +9,9 @@ interpreter but do not compile, and configs that lost their pipelining.
 
 Exit status 1 when a variant fails to compile, or a 16-bit/TF32 variant on
 sm_90 gets no wgmma or no cp.async. Written against triton 3.8's
-ASTSource(fn, signature, constexprs, attrs) API. ~2 min on a loaded 2-core
-machine (--quick: one config per class, ~30 s).
+ASTSource(fn, signature, constexprs, attrs) API, which triton 3.6 shares
+(checked with both: PYTHONPATH=<a triton 3.6 install> python scripts/...).
+~2-3 min on a loaded 2-core machine (--quick: one config per class, ~1 min).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def compile_one(label, fn, ptrs, consts, num_warps, num_stages, floats=(), expec
                            options=dict(num_warps=num_warps, num_stages=num_stages))
     except Exception as e:  # noqa: BLE001
         failures.append(label)
-        print(f"FAIL {label}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        print(f"FAIL {label}: {type(e).__name__}: {str(e)[-600:]}", flush=True)
         return
     ptx = k.asm["ptx"]
     wgmma, mma, cp = ptx.count("wgmma.mma_async"), ptx.count("mma.sync"), ptx.count("cp.async.")
@@ -80,7 +81,7 @@ def gemm(ty, acc, precision, cfg, layout="NN", **over):
     consts = dict(EPI, ACC=acc, PRECISION=precision, **LAYOUTS[layout], **cfg.kwargs)
     consts.update(over)
     kw = cfg.kwargs
-    label = (f"gemm {ty} {layout} {precision or ''} {'dot' if consts['USE_DOT'] else 'fma'} "
+    label = (f"gemm {ty} {layout} {precision or ''} {'dot' if consts['USE_DOT'] else 'fma'} {consts['ACT']} "
              f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}")
     compile_one(label, G._gemm_kernel, {p: f"*{ty}" for p in GEMM_PTRS}, consts, cfg.num_warps, cfg.num_stages,
                 FLOATS, expect_tc=ty in ("bf16", "fp16") or precision == "tf32")

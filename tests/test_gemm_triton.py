@@ -202,6 +202,22 @@ def test_gemm_empty(G):
     assert G.gemm(torch.empty(0, 5, device=DEV), torch.empty(5, 3, device=DEV)).shape == (0, 3)
 
 
+def test_linear_empty(G):
+    # M == 0: dw, db are zeros (written, not left poisoned); K == 0: out = act(bias), dx, dw empty
+    x, w, b = torch.randn(0, 7, device=DEV), torch.randn(5, 7, device=DEV), torch.randn(5, device=DEV)
+    out, pre = G.linear_fwd(x, w, b, "gelu", SLOPE)
+    dx, dw, db = G.linear_bwd(torch.randn(0, 5, device=DEV), x, w, pre, "gelu", SLOPE, (True, True, True))
+    assert out.shape == pre.shape == (0, 5) and dx.shape == (0, 7)
+    assert torch.equal(dw, torch.zeros(5, 7, device=DEV)) and torch.equal(db, torch.zeros(5, device=DEV))
+    x, w = torch.randn(7, 0, device=DEV), torch.randn(5, 0, device=DEV)
+    out, pre = G.linear_fwd(x, w, b, "relu", SLOPE)
+    assert torch.equal(out, F.relu(b).expand(7, 5)) and torch.equal(pre, b.expand(7, 5))
+    dy = torch.randn(7, 5, device=DEV)
+    dx, dw, db = G.linear_bwd(dy, x, w, pre, "relu", SLOPE, (True, True, True))
+    assert dx.shape == (7, 0) and dw.shape == (5, 0)
+    check("db K=0", db, (dy * (b > 0)).sum(0), (dy.double() * (b > 0)).sum(0), torch.float32)
+
+
 def test_gemm_small_tiles_swizzle(G, monkeypatch):
     # 16-wide tiles under the interpreter: 5 x 4 programs in groups of 3 rows,
     # several K steps; every tile written once, in the right place (poisoned)
