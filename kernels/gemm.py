@@ -160,10 +160,6 @@ def _split(x: float) -> tuple[float, float]:
     return hi, _f32(lo)
 
 
-def _acc_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _check_act(act: str) -> None:
     if act not in ACTS:
         raise ValueError(f"act: expected one of {', '.join(ACTS)}; got {act!r}")
@@ -267,7 +263,7 @@ def _gemm_kernel(
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_bias,
     alpha_hi, alpha_lo, beta_hi, beta_lo, slope_hi, slope_lo,
-    ACC: tl.constexpr,            # tl.float32, or tl.float64 for float64
+    FP64: tl.constexpr,           # accumulate in float64 (float64 inputs), else float32
     HAS_C: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_DIM: tl.constexpr,
     ACT: tl.constexpr, STORE_PRE: tl.constexpr,
     USE_DOT: tl.constexpr,        # False: the float64 fallback without tl.dot
@@ -300,7 +296,13 @@ def _gemm_kernel(
     a_step = tl.full([], BLOCK_K, tl.int64) * stride_ak
     b_step = tl.full([], BLOCK_K, tl.int64) * stride_bk
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    # (a bool constexpr, not a tl.dtype one: plain values are what every
+    # torch.compile version can put in its generated launch code)
+    if FP64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    ACC = acc.dtype
     for k in range(0, (K + BLOCK_K - 1) // BLOCK_K):
         k_left = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=rk[None, :] < k_left, other=0.0)
@@ -389,7 +391,7 @@ def _gemm_launch(a, b, c, bias, bias_dim, out, pre, alpha, beta, act, slope):
         alpha_hi, alpha_lo, beta_hi, beta_lo, slope_hi, slope_lo,
     )
     flags = dict(
-        ACC=_acc_dtype(dtype), HAS_C=has_c, HAS_BIAS=has_bias, BIAS_DIM=bias_dim,
+        FP64=dtype == torch.float64, HAS_C=has_c, HAS_BIAS=has_bias, BIAS_DIM=bias_dim,
         ACT=act, STORE_PRE=pre is not None,
         PRECISION=_fp32_precision() if dtype == torch.float32 else ("ieee" if dtype == torch.float64 else None),
         WIDEN_BF16=_interpreting() and dtype == torch.bfloat16,
@@ -431,7 +433,7 @@ def _act_bwd_kernel(
     DY, Pre, G, Part,
     M, N, stride_dym, stride_dyn, stride_pm, stride_pn, rows_per_program,
     slope_hi, slope_lo,
-    ACC: tl.constexpr, ACT: tl.constexpr, WRITE_G: tl.constexpr, WRITE_PART: tl.constexpr,
+    FP64: tl.constexpr, ACT: tl.constexpr, WRITE_G: tl.constexpr, WRITE_PART: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Program (pid_r, pid_n) owns rows [row_start, row_end) x BLOCK_N columns
@@ -444,8 +446,12 @@ def _act_bwd_kernel(
     rn64 = rn.to(tl.int64)
     row_start = pid_r.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
+    if FP64:
+        colsum = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float64)
+    else:
+        colsum = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
+    ACC = colsum.dtype
     slope = tl.cast(slope_hi, ACC) + tl.cast(slope_lo, ACC)
-    colsum = tl.zeros((BLOCK_R, BLOCK_N), dtype=ACC)
     for r0 in range(row_start, row_end, BLOCK_R):
         rr = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
         mask = (rr[:, None] < row_end) & nmask[None, :]
@@ -508,7 +514,7 @@ def _act_bwd_launch(grad_out, preact, act, slope, write_g: bool, want_db: bool):
         grad_out, pre, g if write_g else part, part if want_db else g,
         M, N, grad_out.stride(0), grad_out.stride(1), pre.stride(0), pre.stride(1), rows_per_program,
         slope_hi, slope_lo,
-        ACC=_acc_dtype(dtype), ACT=act, WRITE_G=write_g, WRITE_PART=want_db,
+        FP64=dtype == torch.float64, ACT=act, WRITE_G=write_g, WRITE_PART=want_db,
         BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, **({} if _interpreting() else dict(num_warps=4)),
     )
     db = None

@@ -78,7 +78,7 @@ LAYOUTS = {"NN": dict(stride_ak=1, stride_bn=1), "TN": dict(stride_am=1, stride_
 
 
 def gemm(ty, acc, precision, cfg, layout="NN", **over):
-    consts = dict(EPI, ACC=acc, PRECISION=precision, **LAYOUTS[layout], **cfg.kwargs)
+    consts = dict(EPI, FP64=acc == tl.float64, PRECISION=precision, **LAYOUTS[layout], **cfg.kwargs)
     consts.update(over)
     kw = cfg.kwargs
     label = (f"gemm {ty} {layout} {precision or ''} {'dot' if consts['USE_DOT'] else 'fma'} {consts['ACT']} "
@@ -107,7 +107,7 @@ for act in ([] if args.quick else [a for a in G.ACTS if a != "gelu"]):
 # g = grad_out * act'(preact) with the db partials, and the partial-sum kernel
 for ty, acc in (("bf16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
     for act in (G.ACTS if ty == "fp32" else ("gelu",)):
-        consts = dict(ACC=acc, ACT=act, WRITE_G=True, WRITE_PART=True, BLOCK_R=16, BLOCK_N=128, stride_dyn=1,
+        consts = dict(FP64=acc == tl.float64, ACT=act, WRITE_G=True, WRITE_PART=True, BLOCK_R=16, BLOCK_N=128, stride_dyn=1,
                       stride_pn=1)
         compile_one(f"act_bwd {ty} {act}", G._act_bwd_kernel,
                     dict(DY=f"*{ty}", Pre=f"*{ty}", G=f"*{ty}", Part="*fp64" if ty == "fp64" else "*fp32"),
