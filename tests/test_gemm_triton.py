@@ -356,6 +356,18 @@ def test_act_backward_any_shape(G):
     assert G.act_backward(torch.empty(0, 3, device=DEV), torch.empty(0, 3, device=DEV), "gelu").shape == (0, 3)
 
 
+def test_fp32_dot_precision_follows_torch(G):
+    # float32 tl.dot: exact (ieee) under torch's default "highest", TF32 when torch allows it for matmuls
+    prev = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert G._fp32_precision() == "ieee"
+        torch.set_float32_matmul_precision("high")
+        assert G._fp32_precision() == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
 # ---- bad input --------------------------------------------------------------------
 
 def test_bad_input(G):
