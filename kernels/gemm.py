@@ -82,6 +82,12 @@ slow, enough for gradcheck.
 
 Launching: under triton_op the launches go through torch.library.wrap_triton
 (kernels/_common.launch); under the interpreter the bare kernel runs.
+
+Checked without a GPU: tests/test_gemm_triton.py (interpreter) and
+scripts/triton_gemm_compile_check.py, which compiles every config and
+epilogue variant for sm_90 ahead of time (wgmma + cp.async pipelining for
+16-bit and TF32, DMMA for float64) with triton 3.8 and 3.6. On a lent GPU:
+scripts/gpu_gemm_triton.py (errors and TFLOP/s against torch.mm).
 """
 from __future__ import annotations
 
