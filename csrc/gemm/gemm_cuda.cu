@@ -245,7 +245,7 @@ __device__ __forceinline__ void stage_tile(uint16_t* smem, const uint16_t* src, 
 }
 
 template <class Tr>
-__global__ void __launch_bounds__(kTcThreads) gemm_tc_kernel(const GemmParams<Tr> p) {
+__global__ void __launch_bounds__(kTcThreads, 2) gemm_tc_kernel(const GemmParams<Tr> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // the host refuses these GPUs before launching
 #else
@@ -367,7 +367,7 @@ struct SimtShape {
 };
 
 template <class Tr>
-__global__ void __launch_bounds__(256) gemm_simt_kernel(const GemmParams<Tr> p) {
+__global__ void __launch_bounds__(256, 2) gemm_simt_kernel(const GemmParams<Tr> p) {
   using S = typename Tr::S;
   using A = typename Tr::A;
   using Sh = SimtShape<Tr>;
