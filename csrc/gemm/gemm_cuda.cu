@@ -54,8 +54,13 @@
 // Build size: 4 GEMM instantiations (bf16, fp16 tensor-core; float, double
 // SIMT) + 4 x 2 small elementwise/reduction kernels.
 //
-// Registers (nvcc 13.0, -O3 --use_fast_math, -Xptxas -v), no spills in any kernel:
-//   REGISTER_FIGURES
+// Registers (nvcc 13.0, setup.py's flags, -Xptxas -v; 0 bytes spilled everywhere):
+//                        sm_90   sm_80   shared memory
+//   gemm_tc_kernel       128     128     40 KB (2 stages x (A + B) x 10 KB)
+//   gemm_simt_kernel f32 128     123     16.5 KB
+//   gemm_simt_kernel f64 124     120     16.5 KB
+//   act_grad_colsum      32-40   32-40   1-2 KB;  colsum_finish 24-32
+// All GEMM kernels fit two blocks (16 warps) per SM.
 //
 // Left for later: more pipeline stages / a 64-wide tile for small M or N (few
 // blocks on 132 SMs), split-K for very long K, and a TF32 opt-in.
@@ -244,8 +249,16 @@ __device__ __forceinline__ void stage_tile(uint16_t* smem, const uint16_t* src, 
   }
 }
 
+// Two blocks per SM: 128 registers a thread. ptxas gets there with no hint on
+// sm_90 (and spills a few bytes when given "2"); sm_80 needs the hint.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MTE_TC_LAUNCH_BOUNDS __launch_bounds__(kTcThreads)
+#else
+#define MTE_TC_LAUNCH_BOUNDS __launch_bounds__(kTcThreads, 2)
+#endif
+
 template <class Tr>
-__global__ void __launch_bounds__(kTcThreads, 2) gemm_tc_kernel(const GemmParams<Tr> p) {
+__global__ void MTE_TC_LAUNCH_BOUNDS gemm_tc_kernel(const GemmParams<Tr> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // the host refuses these GPUs before launching
 #else
