@@ -13,8 +13,9 @@
 //   (m16n8k16, float32 accumulators; sm_80 and newer). Block tile 128x128x32,
 //   8 warps as 2 (M) x 4 (N), each warp 64x32 = 4x4 mma tiles, 64 float
 //   accumulators per thread. The A and B tiles are staged in shared memory,
-//   two stages, filled with cp.async (16-byte copies, zero-fill past the
-//   matrix edge) while the tensor cores work on the other stage.
+//   three stages, filled with cp.async (16-byte copies, zero-fill past the
+//   matrix edge): two tiles are in flight while the tensor cores work on the third,
+//   one barrier per k-step.
 //   The trick that makes every stride fast without templates per layout: a tile
 //   is kept in shared memory in the orientation global memory has (a K-contiguous
 //   A as [m][k], an M-contiguous A, i.e. a transposed one, as [k][m]; the same
@@ -56,13 +57,13 @@
 //
 // Registers (nvcc 13.0, setup.py's flags, -Xptxas -v; 0 bytes spilled everywhere):
 //                        sm_90   sm_80   shared memory
-//   gemm_tc_kernel       128     128     40 KB (2 stages x (A + B) x 10 KB)
+//   gemm_tc_kernel       128     128     60 KB (3 stages x (A + B) x 10 KB, dynamic)
 //   gemm_simt_kernel f32 128     123     16.5 KB
 //   gemm_simt_kernel f64 124     120     16.5 KB
 //   act_grad_colsum      32-40   32-40   1-2 KB;  colsum_finish 24-32
 // All GEMM kernels fit two blocks (16 warps) per SM.
 //
-// Left for later: more pipeline stages / a 64-wide tile for small M or N (few
+// Left for later: a 64-wide tile for small M or N (few
 // blocks on 132 SMs), split-K for very long K, and a TF32 opt-in.
 //
 // Headers: c10/cuda only (as norm_cuda.cu), not ATen/cuda/CUDAContext.h.
@@ -173,6 +174,8 @@ constexpr int kLdK = kTcBK + kPad;             // row length of a [m][k] or [n][
 constexpr int kLdMN = kTcBM + kPad;            // row length of a [k][m] or [k][n] tile
 static_assert(kTcBM == kTcBN, "one staged-tile size serves A and B");
 constexpr int kTileElems = (kTcBM * kLdK > kTcBK * kLdMN) ? kTcBM * kLdK : kTcBK * kLdMN;
+constexpr int kStages = 3;  // tiles in flight: one computed, two loading
+constexpr size_t kTcSmemBytes = size_t(2) * kStages * kTileElems * sizeof(uint16_t);  // 60 KB
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -184,7 +187,10 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_
                : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_prev() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+// Waits until at most kStages - 2 committed groups are still in flight.
+__device__ __forceinline__ void cp_async_wait_stage() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2) : "memory");
+}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -262,8 +268,10 @@ __global__ void MTE_TC_LAUNCH_BOUNDS gemm_tc_kernel(const GemmParams<Tr> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // the host refuses these GPUs before launching
 #else
-  __shared__ __align__(16) uint16_t sa[2][kTileElems];
-  __shared__ __align__(16) uint16_t sb[2][kTileElems];
+  // kStages A tiles, then kStages B tiles (dynamic: more than the 48 KB of static shared memory)
+  extern __shared__ __align__(16) uint16_t tc_smem[];
+  uint16_t* const sa = tc_smem;
+  uint16_t* const sb = tc_smem + kStages * kTileElems;
 
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int warp = static_cast<int>(threadIdx.x) / 32;
@@ -276,13 +284,13 @@ __global__ void MTE_TC_LAUNCH_BOUNDS gemm_tc_kernel(const GemmParams<Tr> p) {
 
   auto stage = [&](int s, int64_t k0) {
     if (p.a_kmajor)
-      stage_tile<kTcBM, kTcBK>(sa[s], a, p.sam, p.sak, m0, k0, p.M, p.K, p.a_vec);  // [m][k]
+      stage_tile<kTcBM, kTcBK>(sa + s * kTileElems, a, p.sam, p.sak, m0, k0, p.M, p.K, p.a_vec);  // [m][k]
     else
-      stage_tile<kTcBK, kTcBM>(sa[s], a, p.sak, p.sam, k0, m0, p.K, p.M, p.a_vec);  // [k][m]
+      stage_tile<kTcBK, kTcBM>(sa + s * kTileElems, a, p.sak, p.sam, k0, m0, p.K, p.M, p.a_vec);  // [k][m]
     if (p.b_kmajor)
-      stage_tile<kTcBN, kTcBK>(sb[s], b, p.sbn, p.sbk, n0, k0, p.N, p.K, p.b_vec);  // [n][k]
+      stage_tile<kTcBN, kTcBK>(sb + s * kTileElems, b, p.sbn, p.sbk, n0, k0, p.N, p.K, p.b_vec);  // [n][k]
     else
-      stage_tile<kTcBK, kTcBN>(sb[s], b, p.sbk, p.sbn, k0, n0, p.K, p.N, p.b_vec);  // [k][n]
+      stage_tile<kTcBK, kTcBN>(sb + s * kTileElems, b, p.sbk, p.sbn, k0, n0, p.K, p.N, p.b_vec);  // [k][n]
   };
 
   float acc[4][4][4];
@@ -304,18 +312,29 @@ __global__ void MTE_TC_LAUNCH_BOUNDS gemm_tc_kernel(const GemmParams<Tr> p) {
   const int hi8 = (lane / 16) * 8;       // 0 for lanes 0-15, 8 for 16-31
   const int mid8 = ((lane / 8) % 2) * 8;  // 0, 8, 0, 8 for the four lane octets
 
+  // The pipeline: tile t goes to stage t % kStages, one cp.async group per tile
+  // (empty groups past the end keep the count regular). Before tile kt is
+  // computed, groups 0..kt must be complete: kt + kStages - 1 have been
+  // committed, so at most kStages - 2 may still be in flight.
   const int64_t k_tiles = (p.K + kTcBK - 1) / kTcBK;
-  if (k_tiles > 0) stage(0, 0);
-  cp_async_commit();
-  for (int64_t kt = 0; kt < k_tiles; ++kt) {
-    const int s = static_cast<int>(kt & 1);
-    if (kt + 1 < k_tiles) stage(s ^ 1, (kt + 1) * kTcBK);  // that stage was last read before the previous barrier
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) {
+    if (t < k_tiles) stage(t, t * kTcBK);
     cp_async_commit();
-    cp_async_wait_prev();  // every group but the newest is done: stage s is in
-    __syncthreads();
+  }
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    const int s = static_cast<int>(kt % kStages);
+    cp_async_wait_stage();
+    __syncthreads();  // tile kt is visible to all; every warp is done with tile kt - 1
+    {
+      // refill the stage tile kt - 1 used with tile kt + kStages - 1
+      const int64_t next = kt + kStages - 1;
+      if (next < k_tiles) stage(static_cast<int>(next % kStages), next * kTcBK);
+      cp_async_commit();
+    }
 
-    const uint16_t* ta = sa[s];
-    const uint16_t* tb = sb[s];
+    const uint16_t* ta = sa + s * kTileElems;
+    const uint16_t* tb = sb + s * kTileElems;
 #pragma unroll
     for (int kk = 0; kk < kTcBK; kk += 16) {
       uint32_t af[4][4];
@@ -346,7 +365,6 @@ __global__ void MTE_TC_LAUNCH_BOUNDS gemm_tc_kernel(const GemmParams<Tr> p) {
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) mma_16816<Tr>(acc[mi][ni], af[mi], bfr[ni][0], bfr[ni][1]);
     }
-    __syncthreads();  // stage s is free for the next refill
   }
 
   // Accumulator e of tile (mi, ni) sits at row g (+8 for e >= 2), column 2t (+1 for odd e).
@@ -588,7 +606,10 @@ void launch_gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<a
     p.a_vec = p.a_kmajor ? vec_ok(p.a, p.sak, p.M, p.sam) : vec_ok(p.a, p.sam, p.K, p.sak);
     p.b_vec = p.b_kmajor ? vec_ok(p.b, p.sbk, p.N, p.sbn) : vec_ok(p.b, p.sbn, p.K, p.sbk);
     const dim3 grid(static_cast<unsigned>(ceil_div(p.M, kTcBM)), static_cast<unsigned>(ceil_div(p.N, kTcBN)));
-    gemm_tc_kernel<Tr><<<grid, kTcThreads, 0, stream>>>(p);
+    // (per device and cheap: set on every launch rather than tracked)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(gemm_tc_kernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kTcSmemBytes)));
+    gemm_tc_kernel<Tr><<<grid, kTcThreads, kTcSmemBytes, stream>>>(p);
   } else {
     constexpr int kBM = SimtShape<Tr>::kBM;
     const dim3 grid(static_cast<unsigned>(ceil_div(p.M, kBM)), static_cast<unsigned>(ceil_div(p.N, kBM)));
