@@ -31,8 +31,9 @@
 //   Each thread's outputs are two 4-wide (2-wide) strips per dimension, BM/2
 //   apart, so its shared-memory reads are 16-byte vectors that a warp takes
 //   conflict-free; global loads for tile k+1 are held in registers while tile k
-//   is computed (register double buffering). float32 stays exact float32 math
-//   (no TF32), as torch's default allow_tf32=False for matmul.
+//   is computed (register double buffering). float32 stays float32 math (no
+//   TF32, as torch's default allow_tf32=False for matmul; denormals flush to
+//   zero under setup.py's --use_fast_math).
 //
 // Memory traffic: each block reads (BM + BN) * K elements, so A is read
 // ceil(N/BN) times and B ceil(M/BM) times (from L2 after the first), and the
@@ -61,10 +62,12 @@
 //   gemm_simt_kernel f32 128     123     16.5 KB
 //   gemm_simt_kernel f64 124     120     16.5 KB
 //   act_grad_colsum      32-40   32-40   1-2 KB;  colsum_finish 24-32
-// All GEMM kernels fit two blocks (16 warps) per SM.
+// All GEMM kernels fit two blocks (16 warps) per SM on sm_80 / sm_90.
 //
-// Left for later: a 64-wide tile for small M or N (few
-// blocks on 132 SMs), split-K for very long K, and a TF32 opt-in.
+// Left for later: a smaller tile for small M or N (few blocks on 132 SMs),
+// split-K for long K with a small output, epilogue stores staged through shared
+// memory for full coalescing (today each accumulator is stored on its own,
+// L2 merges them), wgmma/TMA on sm_90, and a TF32 opt-in.
 //
 // Headers: c10/cuda only (as norm_cuda.cu), not ATen/cuda/CUDAContext.h.
 #include <ATen/ATen.h>
