@@ -6,9 +6,6 @@ torch's activations, in the same dtype.
 Runs only where a GPU is visible (scripts/gpu_check.sh on the lent device); elsewhere
 every test here is skipped. Sizes are small (a few seconds on a GPU).
 """
-import contextlib
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -238,8 +235,8 @@ def test_linear_fwd(dtype):
                 out, pre = ops.linear_fwd(x, w, b, act, slope)
                 native_pre = F.linear(x, w, b)
                 ref_pre = _linear_ref(x, w, b, "none", slope)
-                _judge(f"linear_fwd {shape}->{n_out} {act}", out, _act(native_pre, act, slope), _act(ref_pre, act, slope),
-                       dtype)
+                _judge(f"linear_fwd {shape}->{n_out} {act}", out, _act(native_pre, act, slope),
+                       _act(ref_pre, act, slope), dtype)
                 if act == "none":
                     assert pre.numel() == 0
                 else:
@@ -345,15 +342,17 @@ def test_bad_inputs():
     _raises(RuntimeError, "same dtype", lambda: ops.linear_fwd(x, w.double(), None, "none", 0.01),
             lambda: F.linear(x, w.double()))
     _raises(RuntimeError, "same dtype", lambda: ops.gemm(a, torch.randn(4, 2, dtype=torch.bfloat16, device="cuda")))
-    _raises(RuntimeError, "floating point", lambda: ops.gemm(a.int(), torch.ones(4, 2, dtype=torch.int32, device="cuda")),
-            lambda: torch.mm(a.int(), torch.ones(4, 2, dtype=torch.int32, device="cuda")))
+    i32 = torch.ones(4, 2, dtype=torch.int32, device="cuda")
+    _raises(RuntimeError, "floating point", lambda: ops.gemm(a.int(), i32), lambda: torch.mm(a.int(), i32))
     _raises(RuntimeError, "expected a tensor on cuda", lambda: ops.linear_fwd(x, w.cpu(), None, "none", 0.01),
             lambda: F.linear(x, w.cpu()))
-    _raises(RuntimeError, r"bias: expected shape \[6\]", lambda: ops.linear_fwd(x, w, torch.randn(5, **f32), "none", 0.01),
-            lambda: F.linear(x, w, torch.randn(5, **f32)))
+    b5 = torch.randn(5, **f32)
+    _raises(RuntimeError, r"bias: expected shape \[6\]", lambda: ops.linear_fwd(x, w, b5, "none", 0.01),
+            lambda: F.linear(x, w, b5))
     _raises(RuntimeError, r"c: expected shape \[3, 2\]",
             lambda: ops.gemm(a, torch.randn(4, 2, **f32), torch.randn(2, 3, **f32)))
-    _raises(ValueError, "bias_dim", lambda: ops.gemm(a, torch.randn(4, 2, **f32), bias=torch.randn(2, **f32), bias_dim=2))
+    _raises(ValueError, "bias_dim",
+            lambda: ops.gemm(a, torch.randn(4, 2, **f32), bias=torch.randn(2, **f32), bias_dim=2))
     _raises(ValueError, "act", lambda: ops.gemm(a, torch.randn(4, 2, **f32), act="swish"))
     _raises(RuntimeError, "2-D", lambda: ops.gemm(torch.randn(2, 3, 4, **f32), torch.randn(4, 2, **f32)))
     go = torch.randn(2, 3, 5, **f32)
