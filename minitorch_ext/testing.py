@@ -98,7 +98,7 @@ class OpSpec:
     native: Callable
     samples: Callable[[str], List[Sample]]                    # backend -> small fixed samples
     strategy: Callable[[str], Any]                            # backend -> hypothesis strategy of Sample
-    raw_ops: Callable[..., List[Tuple[Any, tuple]]]           # (sample, backend, device) -> [(op, args)]
+    raw_ops: Callable[..., List[tuple]]   # (sample, backend, device) -> [(op, args)] or [(op, args, kwargs)]
     bad_inputs: Callable[[], List[BadInput]] = lambda: []
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16)
     # mixed precision cases: (dtype, {leaf: dtype}) e.g. (bf16, {"weight": float32})
@@ -254,9 +254,9 @@ def autocast_context(device: str, dtype: torch.dtype) -> Callable[[], Any]:
 
 
 def check_opcheck(spec: OpSpec, sample: Sample, backend: str, device="cpu") -> None:
-    for op, args in spec.raw_ops(sample, backend, device):
+    for op, args, *kwargs in spec.raw_ops(sample, backend, device):  # (op, args) or (op, args, kwargs)
         with poisoned():
-            torch.library.opcheck(op, args)
+            torch.library.opcheck(op, args, kwargs[0] if kwargs else None)
 
 
 def check_bad_inputs(spec: OpSpec, backend: str) -> List[str]:
@@ -390,6 +390,9 @@ def standard_tests(spec: OpSpec, make_model: Callable[[], torch.nn.Module], exam
             check_parity(spec, sample, backend, in_dtype, device=device,
                          context=autocast_context(device, ac_dtype))
 
-    return {f.__name__: f for f in (test_gradcheck, test_opcheck, test_parity, test_parity_float64,
-                                    test_bad_inputs, test_compile_fullgraph, test_bad_inputs_match_torch,
-                                    test_meta, test_mixed_dtypes, test_autocast)}
+    tests = [test_gradcheck, test_opcheck, test_parity, test_parity_float64, test_bad_inputs,
+             test_compile_fullgraph, test_bad_inputs_match_torch, test_meta]
+    # an op torch gives no mixed-dtype or autocast behaviour has no such cases: no empty (skipped) test
+    tests += [test_mixed_dtypes] if spec.mixed else []
+    tests += [test_autocast] if spec.autocast else []
+    return {f.__name__: f for f in tests}

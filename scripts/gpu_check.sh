@@ -38,6 +38,14 @@ grep -E "passed|failed|error" "$OUT/tests.txt" | tail -3 | tee -a "$summary"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.txt" | head -20 | tee -a "$summary"
 
 t0=$(date +%s)
+# the Triton GEMM on cuda against torch.mm (cuBLAS): error and TFLOP/s at a few sizes
+if [ -f scripts/gpu_gemm_triton.py ]; then
+  timeout 90 $PY scripts/gpu_gemm_triton.py > "$OUT/gemm_triton.txt" 2>&1
+  say "triton gemm (rc=$?, $(( $(date +%s) - t0 )) s):"
+  tail -20 "$OUT/gemm_triton.txt" | tee -a "$summary"
+fi
+
+t0=$(date +%s)
 timeout 150 $PY -m minitorch_ext.bench all --device cuda --json "$OUT/bench_cuda.json" > "$OUT/bench_cuda.txt" 2>&1
 say "bench (rc=$?, $(( $(date +%s) - t0 )) s):"
 cat "$OUT/bench_cuda.txt" >> "$summary"

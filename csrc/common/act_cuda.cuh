@@ -10,7 +10,10 @@ namespace dev {
 
 __device__ __forceinline__ float erf_(float x) { return erff(x); }
 __device__ __forceinline__ double erf_(double x) { return erf(x); }
-__device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
+// setup.py compiles with --use_fast_math, which turns tanhf into tanh.approx.f32
+// (relative error ~2^-11): float tanh goes through double, which fast-math
+// leaves exact, so float results agree with torch's to float32 rounding
+__device__ __forceinline__ float tanh_(float x) { return static_cast<float>(tanh(static_cast<double>(x))); }
 __device__ __forceinline__ double tanh_(double x) { return tanh(x); }
 __device__ __forceinline__ float exp_(float x) { return expf(x); }
 __device__ __forceinline__ double exp_(double x) { return exp(x); }

@@ -1,4 +1,5 @@
 """Drop-in modules."""
+from .linear import Linear
 from .normalization import LayerNorm, RMSNorm
 
-__all__ = ["LayerNorm", "RMSNorm"]
+__all__ = ["LayerNorm", "RMSNorm", "Linear"]
