@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import os
 
 import pytest
 import torch
@@ -25,7 +26,10 @@ from hypothesis import strategies as st
 
 import minitorch_ext as mte
 
-settings.register_profile("optim", derandomize=True, max_examples=25, deadline=None,
+# 100-step runs are the slowest tests of the suite: a dozen drawn option combinations in CI,
+# more under HYPOTHESIS_PROFILE=dev
+settings.register_profile("optim", derandomize=True,
+                          max_examples=40 if os.environ.get("HYPOTHESIS_PROFILE") == "dev" else 12, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 PROFILE = settings.get_profile("optim")
 
