@@ -281,8 +281,8 @@ def _softmax_fwd_kernel(X, Y, M, D, LOG: tl.constexpr, F64: tl.constexpr,
         m = tl.where(rmask, tl.max(x, axis=1), 0.0)  # rows past M: no -inf - -inf
         e = tl.exp(x - m[:, None])  # padding lanes: exp(-inf) = 0
         s = tl.where(rmask, tl.sum(e, axis=1), 1.0)  # rows past M: no log(0), no 1/0
-        if LOG:
-            y = x - (m + tl.log(s))[:, None]
+        if LOG:  # (x - m) - log(s): x - m exact first, as torch
+            y = (x - m[:, None]) - tl.log(s)[:, None]
         else:
             y = e * (1.0 / s)[:, None]
         _store_out(Y + offs, y, mask)
@@ -306,7 +306,7 @@ def _softmax_fwd_kernel(X, Y, M, D, LOG: tl.constexpr, F64: tl.constexpr,
             mask = cols < D
             x = tl.load(Xr + cols, mask=mask, other=0.0).to(ACC)
             if LOG:
-                y = x - (m + tl.log(s))
+                y = (x - m) - tl.log(s)
             else:
                 y = tl.exp(x - m) * (1.0 / s)
             _store_out(Yr + cols, y, mask)

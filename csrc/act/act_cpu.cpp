@@ -23,7 +23,7 @@
 // Softmax / log_softmax over dim, the input viewed as [outer, D, inner].
 //   inner == 1 (the last dim): per row, pass 1 the max, pass 2 sum(exp(x-max))
 //   (softmax stores exp(x-max) in the output row), pass 3 the scaling
-//   (softmax: * 1/sum; log_softmax: x - max - log(sum)). The row (widened
+//   (softmax: * 1/sum; log_softmax: (x - max) - log(sum)). The row (widened
 //   to float for bfloat16/float16) stays in L1/L2 between the passes, so the
 //   input is read from memory once and the output written once.
 //   inner > 1: the passes run across a tile of kCols neighbouring columns at
@@ -201,6 +201,9 @@ void with_act(Act a, F f) {
   }
 }
 
+// Whole pairs of vectors, then the rest (under 2 vectors) element by element
+// with the scalar formulas, as torch's own vectorized loops do: the short rows
+// of small or strided tensors then get std::erf/std::exp accuracy, as torch's.
 template <Act A, typename T>
 void act_seg(const T* x, T* y, int64_t n, T slope) {
   using V = Vectorized<T>;
@@ -212,8 +215,7 @@ void act_seg(const T* x, T* y, int64_t n, T slope) {
     a.store(y + i);
     b.store(y + i + W);
   }
-  for (; i + W <= n; i += W) act_vec(A, V::loadu(x + i), slope).store(y + i);
-  if (i < n) act_vec(A, V::loadu(x + i, n - i), slope).store(y + i, n - i);
+  for (; i < n; ++i) y[i] = act_scalar(A, x[i], slope);
 }
 
 // dx = dy * act'(s), s the forward input (kFromOut: its output). ReLU and
@@ -229,12 +231,25 @@ inline Vectorized<T> grad_vec(const Vectorized<T>& dy, const Vectorized<T>& s, T
 }
 
 template <Act A, bool kFromOut, typename T>
+inline T grad_scalar(T dy, T s, T slope) {
+  if constexpr (A == Act::ReLU) return s > T(0) ? dy : T(0);
+  else if constexpr (A == Act::LeakyReLU) return s > T(0) ? dy : dy * slope;
+  else if constexpr (kFromOut) return dy * act_grad_from_output_scalar(A, s, slope);
+  else return dy * act_grad_scalar(A, s, slope);
+}
+
+template <Act A, bool kFromOut, typename T>
 void act_bwd_seg(const T* dy, const T* s, T* dx, int64_t n, T slope) {
   using V = Vectorized<T>;
   constexpr int64_t W = V::size();
   int64_t i = 0;
-  for (; i + W <= n; i += W) grad_vec<A, kFromOut>(V::loadu(dy + i), V::loadu(s + i), slope).store(dx + i);
-  if (i < n) grad_vec<A, kFromOut>(V::loadu(dy + i, n - i), V::loadu(s + i, n - i), slope).store(dx + i, n - i);
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const V a = grad_vec<A, kFromOut>(V::loadu(dy + i), V::loadu(s + i), slope);
+    const V b = grad_vec<A, kFromOut>(V::loadu(dy + i + W), V::loadu(s + i + W), slope);
+    a.store(dx + i);
+    b.store(dx + i + W);
+  }
+  for (; i < n; ++i) dx[i] = grad_scalar<A, kFromOut>(dy[i], s[i], slope);
 }
 
 // ---- elementwise drivers ---------------------------------------------------------
@@ -466,8 +481,8 @@ void softmax_row(const T* x, T* y, int64_t D, bool log) {
   const V vm(m);
   if (log) {
     const T s = row_sum<T>(D, [&](int64_t i, int64_t c) { return (ld(x + i, c) - vm).exp(); });
-    const V shift(m + std::log(s));
-    for_vecs<T>(D, [&](int64_t i, int64_t c) { st(ld(x + i, c) - shift, y + i, c); });
+    const V logs(std::log(s));  // (x - max) - log(sum): exact x - max first, as torch
+    for_vecs<T>(D, [&](int64_t i, int64_t c) { st((ld(x + i, c) - vm) - logs, y + i, c); });
   } else {
     const T s = row_sum<T>(D, [&](int64_t i, int64_t c) {
       const V e = (ld(x + i, c) - vm).exp();
@@ -550,13 +565,14 @@ void softmax_inner(const scalar_t* X, scalar_t* Y, int64_t outer, int64_t D, int
         });
       }
       // the per-column constants: softmax 1/s, log_softmax m + log(s)
-      for (int64_t i = 0; i < cols; ++i) s[i] = log ? m[i] + std::log(s[i]) : acc_t(1) / s[i];
+      for (int64_t i = 0; i < cols; ++i) s[i] = log ? std::log(s[i]) : acc_t(1) / s[i];
       for (int64_t d = 0; d < D; ++d) {
         const acc_t* xr = tile_row(x + d * inner, cols, xb);
         acc_t* yr = dest_seg(y + d * inner, 1, yb);
         for_vecs<acc_t>(cols, [&](int64_t i, int64_t c) {
           const V v = ld(xr + i, c);
-          st(log ? v - ld(s + i, c) : (v - ld(m + i, c)).exp() * ld(s + i, c), yr + i, c);
+          const V d = v - ld(m + i, c);
+          st(log ? d - ld(s + i, c) : d.exp() * ld(s + i, c), yr + i, c);
         });
         store_seg(yr, y + d * inner, 1, cols);
       }

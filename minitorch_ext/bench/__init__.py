@@ -26,6 +26,7 @@ FAMILIES: dict[str, str | Callable] = {
     "optim": "minitorch_ext.bench.optim:optim",
     "optim_clip": "minitorch_ext.bench.optim:optim_clip",
 }
+FAMILIES["activation"] = "minitorch_ext.bench.activation:activation"
 
 
 def register(name: str):

@@ -8,3 +8,7 @@ from . import norm
 FAMILIES = {
     "norm": lambda: [norm.spec("layer_norm"), norm.spec("rms_norm")],
 }
+
+from . import activation  # noqa: E402
+
+FAMILIES["activation"] = lambda: [activation.spec("activation"), activation.spec("softmax")]
