@@ -18,8 +18,11 @@ by_backend = pytest.mark.parametrize("backend", BACKENDS)
 
 # gradcheck, opcheck, Hypothesis parity (float32, bfloat16), float64, bad input,
 # meta, autocast, compile: one battery per spec, test names prefixed by the spec
+# (the compile smoke test once: its MLP has every activation module, LogSoftmax included)
 for _name in ("activation", "softmax"):
     for _test, _fn in testing.standard_tests(spec(_name), small_model(), torch.randn(4, 16)).items():
+        if _name == "softmax" and _test == "test_compile_fullgraph":
+            continue
         globals()[_test.replace("test_", f"test_{_name}_", 1)] = _fn
 
 

@@ -140,7 +140,7 @@ def _act_strategy(backend: str):
     from hypothesis import strategies as st
 
     # the interpreter runs one program at a time and is slow: small tensors there
-    max_numel = 1 << 12 if backend == "triton" else 1 << 17
+    max_numel = 1 << 12 if backend == "triton" else 1 << 15
 
     @st.composite
     def draw(data):
@@ -154,7 +154,7 @@ def _act_strategy(backend: str):
 def _softmax_strategy(backend: str):
     from hypothesis import strategies as st
 
-    max_numel = 1 << 12 if backend == "triton" else 1 << 17
+    max_numel = 1 << 12 if backend == "triton" else 1 << 15
 
     @st.composite
     def draw(data):
