@@ -222,6 +222,9 @@ def _act_bad_inputs():
         _bad(lambda: MF.silu(torch.randn(3, requires_grad=True), inplace=True),
              lambda: F.silu(torch.randn(3, requires_grad=True), inplace=True), RuntimeError, r"leaf Variable",
              "in place on a leaf that requires grad"),
+        _bad(lambda: MF.relu(torch.randn(3, 4, requires_grad=True)[0], inplace=True),
+             lambda: F.relu(torch.randn(3, 4, requires_grad=True)[0], inplace=True), RuntimeError,
+             r"view of a leaf Variable", "in place on a view of a leaf that requires grad"),
         # the raw ops check their arguments too
         BadInput(lambda: OPS.act_fwd(x, "swish", 0.0), ValueError, r"act: expected one of", "raw op act name"),
         BadInput(lambda: OPS.act_bwd(torch.randn(3, 5), x, "gelu", 0.0, False), RuntimeError,
