@@ -111,7 +111,8 @@ def softmax_sample(log: bool, shape, dim: int, layout: str, seed: int, scale: fl
 
 
 def _act_fixed(backend: str):
-    cases = [("relu", (3, 5), "contig"), ("leaky_relu", (2, 3, 7), "noncontig"), ("leaky_relu_neg", (4, 6), "transposed"),
+    cases = [("relu", (3, 5), "contig"), ("leaky_relu", (2, 3, 7), "noncontig"),
+             ("leaky_relu_neg", (4, 6), "transposed"),
              ("gelu", (3, 4), "expanded"), ("gelu_tanh", (2, 3, 4), "permuted"), ("silu", (), "contig"),
              ("tanh", (0, 4), "contig"), ("sigmoid", (1,), "contig"), ("relu_inplace", (3, 5), "transposed"),
              ("leaky_relu_neg_inplace", (2, 6), "noncontig"), ("silu_inplace", (4, 3), "contig")]

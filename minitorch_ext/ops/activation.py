@@ -348,7 +348,8 @@ def _softmax(fn: str, input: Tensor, dim: Optional[int], stacklevel: int, dtype,
     return op(input, dim, log)
 
 
-def softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3, dtype: Optional[torch.dtype] = None) -> Tensor:
+def softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
+            dtype: Optional[torch.dtype] = None) -> Tensor:
     """Same as torch.nn.functional.softmax (dim=None: torch's legacy choice, with its warning)."""
     return _softmax("softmax", input, dim, _stacklevel, dtype, False)
 
