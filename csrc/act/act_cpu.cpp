@@ -26,7 +26,7 @@
 //   (softmax: * 1/sum; log_softmax: (x - max) - log(sum)). The row (widened
 //   to float for bfloat16/float16) stays in L1/L2 between the passes, so the
 //   input is read from memory once and the output written once.
-//   inner > 1: the passes run across a tile of kCols neighbouring columns at
+//   inner > 1: the passes run across a tile of up to 64 neighbouring columns at
 //   once, vectorized along inner (the unit-stride direction), D rows deep;
 //   tiles of (outer, column block) are split over threads.
 //   Backward: softmax dx = y * (dy - sum(dy*y)); log_softmax dx = dy - exp(y)*sum(dy).
@@ -254,11 +254,24 @@ void act_bwd_seg(const T* dy, const T* s, T* dx, int64_t n, T slope) {
 
 // ---- elementwise drivers ---------------------------------------------------------
 
+// An operand whose rows step by more than kFarStride elements (a transposed
+// input: every element on another cache line, often another page) is first made
+// contiguous by ATen's blocked copy: two streaming passes beat one that misses
+// the cache and the TLB on every element. Near strides (a slice x[:, ::2])
+// are gathered directly: their rows share cache lines.
+constexpr int64_t kFarStride = 16;
+
+bool far_inner(const at::Tensor& t, const at::Tensor& like) {
+  const Walk w = make_walk(like.sizes(), {like.strides(), t.strides()}, false);
+  return w.inner[1] > kFarStride;
+}
+
 // out (contiguous or self) = act(x), both walked together.
 template <typename scalar_t>
-void act_apply(const at::Tensor& x, at::Tensor& out, Act a, double slope_d, bool in_place) {
+void act_apply(const at::Tensor& x_in, at::Tensor& out, Act a, double slope_d, bool in_place) {
   using acc_t = acc_type<scalar_t>;
   const acc_t slope = static_cast<acc_t>(slope_d);
+  const at::Tensor x = (!in_place && far_inner(x_in, out)) ? x_in.contiguous() : x_in;
   const Walk w = in_place ? make_walk(out.sizes(), {out.strides()}, true)
                           : make_walk(out.sizes(), {out.strides(), x.strides()}, false);
   scalar_t* Y = out.data_ptr<scalar_t>();
@@ -296,9 +309,11 @@ void relu_int(const at::Tensor& x, at::Tensor& out, bool in_place) {
 }
 
 template <typename scalar_t>
-void act_bwd_apply(const at::Tensor& dy, const at::Tensor& s, at::Tensor& dx, Act a, double slope_d,
+void act_bwd_apply(const at::Tensor& dy_in, const at::Tensor& s_in, at::Tensor& dx, Act a, double slope_d,
                    bool from_out) {
   using acc_t = acc_type<scalar_t>;
+  const at::Tensor dy = far_inner(dy_in, dx) ? dy_in.contiguous() : dy_in;
+  const at::Tensor s = far_inner(s_in, dx) ? s_in.contiguous() : s_in;
   const acc_t slope = static_cast<acc_t>(slope_d);
   const Walk w = make_walk(dx.sizes(), {dx.strides(), dy.strides(), s.strides()}, false);
   scalar_t* DX = dx.data_ptr<scalar_t>();
@@ -530,8 +545,12 @@ void last_dim_rows(int64_t rows, int64_t D, int nin, const scalar_t* const* in, 
   });
 }
 
-// inner > 1: tiles of kCols columns (unit stride) x D rows (stride inner).
+// inner > 1: tiles of up to kCols columns (unit stride) x D rows (stride inner).
+// 64 columns = 256 bytes of each row: a deep tile (large D) spills L2 between
+// its passes, but narrower tiles measured slower (more pages touched per byte).
 constexpr int64_t kCols = 64;
+
+inline int64_t tile_cols(int64_t /*D*/, int64_t inner) { return std::min(kCols, inner); }
 
 // Loads row d of a tile (cols elements) as acc_t: in place for acc_t, else widened into buf.
 template <typename scalar_t, typename acc_t>
@@ -544,12 +563,13 @@ template <typename scalar_t>
 void softmax_inner(const scalar_t* X, scalar_t* Y, int64_t outer, int64_t D, int64_t inner, bool log) {
   using acc_t = acc_type<scalar_t>;
   using V = Vectorized<acc_t>;
-  const int64_t nblk = (inner + kCols - 1) / kCols;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D * kCols, 1));
+  const int64_t TC = tile_cols(D, inner);
+  const int64_t nblk = (inner + TC - 1) / TC;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D * TC, 1));
   at::parallel_for(0, outer * nblk, grain, [&](int64_t b, int64_t e) {
     acc_t m[kCols], s[kCols], xb[kCols], yb[kCols];
     for (int64_t t = b; t < e; ++t) {
-      const int64_t o = t / nblk, c0 = (t % nblk) * kCols, cols = std::min(kCols, inner - c0);
+      const int64_t o = t / nblk, c0 = (t % nblk) * TC, cols = std::min(TC, inner - c0);
       const scalar_t* x = X + o * D * inner + c0;
       scalar_t* y = Y + o * D * inner + c0;
       std::fill(m, m + cols, -std::numeric_limits<acc_t>::infinity());
@@ -585,12 +605,13 @@ void softmax_bwd_inner(const scalar_t* DY, const scalar_t* Yp, scalar_t* DX, int
                        int64_t inner, bool log) {
   using acc_t = acc_type<scalar_t>;
   using V = Vectorized<acc_t>;
-  const int64_t nblk = (inner + kCols - 1) / kCols;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D * kCols, 1));
+  const int64_t TC = tile_cols(D, inner);
+  const int64_t nblk = (inner + TC - 1) / TC;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D * TC, 1));
   at::parallel_for(0, outer * nblk, grain, [&](int64_t b, int64_t e) {
     acc_t s[kCols], db[kCols], yb[kCols], xb[kCols];
     for (int64_t t = b; t < e; ++t) {
-      const int64_t o = t / nblk, c0 = (t % nblk) * kCols, cols = std::min(kCols, inner - c0);
+      const int64_t o = t / nblk, c0 = (t % nblk) * TC, cols = std::min(TC, inner - c0);
       const int64_t base = o * D * inner + c0;
       std::fill(s, s + cols, acc_t(0));
       for (int64_t d = 0; d < D; ++d) {
