@@ -288,3 +288,12 @@ def test_triton_softmax_streaming_path(log):
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.log_softmax(xr, 1) if log else F.softmax(xr, 1), xr, dy)
     _close(dx, g, torch.float64)
+
+
+@by_backend
+@pytest.mark.parametrize("name", ["activation", "softmax"])
+def test_parity_float16_fixed_samples(backend, name):
+    # float16 output and gradient on every fixed sample (Hypothesis runs float32 and bfloat16)
+    s = spec(name)
+    for sample in s.samples(backend):
+        testing.check_parity(s, sample, backend, torch.float16)
