@@ -8,7 +8,9 @@
 // element otherwise. Any other layout takes the strided kernel: the dims are
 // merged where all operands allow (as the CPU walk does) and each element's
 // offsets are computed from its linear index by div/mod over at most kMaxDims
-// merged dims (beyond that, contiguous copies). Math in float (double for
+// merged dims (beyond that, or when an input's innermost stride is so large
+// that its reads would not coalesce, e.g. a transposed input: a contiguous
+// copy first, ATen's tiled copy). Math in float (double for
 // double), one rounding on store. Traffic: each input read once, the output
 // written once: memory-bound, at copy speed once the loads are 16 bytes wide.
 //
@@ -194,6 +196,10 @@ bool make_strided(at::IntArrayRef sizes, const std::vector<at::IntArrayRef>& str
   return true;
 }
 
+// Operand k's innermost merged stride is far (its reads would not coalesce).
+constexpr int64_t kFarStride = 16;
+bool far(const Strided& s, int k) { return s.ndim > 0 && s.strides[k][0] > kFarStride; }
+
 template <typename T, typename A, typename F>
 __global__ void unary_strided_kernel(const T* x, T* y, int64_t n, Strided s, F f) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -236,7 +242,10 @@ void launch_unary(const at::Tensor& x, at::Tensor& y, F f, bool in_place) {
   Strided s;
   const bool ok = in_place ? make_strided(x.sizes(), {x.strides(), x.strides()}, true, s)
                            : make_strided(x.sizes(), {y.strides(), x.strides()}, false, s);
-  if (!ok) {  // too many dims left after merging: through a contiguous copy
+  // too many dims left after merging, or reads that would not coalesce (a
+  // transposed input: neighbouring threads kFarStride+ elements apart): through
+  // a contiguous copy (ATen's copy tiles the transpose)
+  if (!ok || (!in_place && far(s, 1))) {
     at::Tensor xc = x.contiguous();
     at::Tensor yc = in_place ? xc : y;
     launch_unary<T, A, F>(xc, yc, f, in_place);
@@ -264,7 +273,7 @@ void launch_binary(const at::Tensor& a, const at::Tensor& b, at::Tensor& y, F f)
     return;
   }
   Strided s;
-  if (!make_strided(y.sizes(), {y.strides(), a.strides(), b.strides()}, false, s)) {
+  if (!make_strided(y.sizes(), {y.strides(), a.strides(), b.strides()}, false, s) || far(s, 1) || far(s, 2)) {
     launch_binary<T, A, F>(a.contiguous(), b.contiguous(), y, f);
     return;
   }
