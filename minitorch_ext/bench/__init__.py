@@ -28,6 +28,7 @@ FAMILIES: dict[str, str | Callable] = {
     "gemm": "minitorch_ext.bench.gemm:gemm",
     "linear": "minitorch_ext.bench.gemm:linear",
 }
+FAMILIES["activation"] = "minitorch_ext.bench.activation:activation"
 
 
 def register(name: str):

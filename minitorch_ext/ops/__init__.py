@@ -5,3 +5,4 @@ Importing a family module registers it; the raw ops are torch.ops.minitorch_ext.
 from . import norm  # noqa: F401
 from . import optim  # noqa: F401
 from . import linear  # noqa: F401
+from . import activation  # noqa: F401

@@ -1,5 +1,7 @@
 """Drop-in modules."""
+from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .linear import Linear
 from .normalization import LayerNorm, RMSNorm
 
-__all__ = ["LayerNorm", "RMSNorm", "Linear"]
+__all__ = ["LayerNorm", "RMSNorm", "Linear", "ReLU", "LeakyReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax",
+           "LogSoftmax"]
