@@ -203,6 +203,6 @@ def small_model():
     def make():
         torch.manual_seed(0)
         return torch.nn.Sequential(mte.nn.Linear(16, 32, activation="gelu"), mte.nn.Linear(32, 24),
-                                   torch.nn.ReLU(), mte.nn.Linear(24, 8, activation="relu"))
+                                   mte.nn.SiLU(), mte.nn.Linear(24, 8, activation="relu"))
 
     return make
