@@ -216,7 +216,22 @@ MTE_INLINE void tile(int64_t kc, const Acc<T>* ap, const Acc<T>* bp, int64_t mr,
                      Acc<T>* cacc, int64_t ldacc, const Epi<T>& epi, int64_t i, int64_t j) {
   using A = Acc<T>;
   using V = Vectorized<A>;
-  constexpr int64_t MR = Blocking<A>::MR, NV = Blocking<A>::NV, W = Blocking<A>::W;
+  constexpr int64_t MR = Blocking<A>::MR, NV = Blocking<A>::NV, W = Blocking<A>::W, NR = Blocking<A>::NR;
+  // Start fetching the C rows this tile will read or write at its end: the
+  // k loop (~kc*NV*MR/2 cycles) hides the miss that would otherwise stall it.
+  if (!first || !last) {
+    for (int64_t r = 0; r < mr; ++r) {
+      __builtin_prefetch(cacc + r * ldacc, 1, 3);
+      __builtin_prefetch(cacc + r * ldacc + NR - 1, 1, 3);
+    }
+  }
+  if (last) {
+    for (int64_t r = 0; r < mr; ++r) {
+      const T* o = epi.out + (i + r) * epi.ldo + j;
+      __builtin_prefetch(o, 1, 3);
+      __builtin_prefetch(o + NR - 1, 1, 3);
+    }
+  }
   V c[MR][NV];
   kernel<A>(kc, ap, bp, c);
 #pragma GCC unroll 8
