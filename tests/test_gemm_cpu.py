@@ -181,6 +181,7 @@ def test_bitwise_same_for_1_and_2_threads(restore_threads):
     cases = []
     for dtype, (M, N, K), tb in [(torch.float32, (300, 517, 700), False), (torch.float32, (1000, 96, 513), True),
                                  (torch.float32, (8, 2000, 700), True), (torch.float32, (13, 999, 700), False),
+                                 (torch.float32, (3000, 517, 7), False),
                                  (torch.bfloat16, (200, 300, 1000), False),
                                  (torch.float64, (150, 200, 600), True)]:
         a = torch.randn(M, K, generator=g).to(dtype)

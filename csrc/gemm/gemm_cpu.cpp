@@ -32,6 +32,8 @@
 //   M <= 4, B N-contiguous (g . W of linear_bwd): rows of B streamed once into
 //     M x JB partial sums held in L1.
 // Both sum K in KC chunks, like the packed path, and split N over threads.
+// Small K (K <= 16, grad_weight from a few tokens): rows of out built directly
+// from B widened once, no tiles (a tile would store C after a few FMAs).
 #include "gemm/gemm.h"
 
 #include <ATen/Parallel.h>
@@ -596,6 +598,46 @@ void small_m(int64_t M, int64_t N, int64_t K, Mat<T> a, Mat<T> b, const Epi<T>& 
   else body(0, nblocks);
 }
 
+// ---- small K: rank-K updates (grad_weight = g^T . x with a handful of tokens) -------
+
+constexpr int64_t kSmallK = 16;
+
+// With K <= kSmallK a packed tile would do a few FMAs per load and store of C:
+// instead each row of out is built directly, vectorised along N, from B
+// widened once into a zero-padded [K, ldb] buffer (at most 16 rows, in L2).
+// Per element the k order is the packed path's (one chunk, from zero).
+template <typename T>
+void small_k(int64_t M, int64_t N, int64_t K, Mat<T> a, Mat<T> b, const Epi<T>& epi, bool threads) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t W = V::size(), NV = Blocking<A>::NV, NR = Blocking<A>::NR;
+  const int64_t ldb = (N + NR - 1) / NR * NR;
+  A* bb = workspace<A>().b.get(static_cast<size_t>(K * ldb));
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < N; ++j) bb[k * ldb + j] = static_cast<A>(*b.at(k, j));
+    for (int64_t j = N; j < ldb; ++j) bb[k * ldb + j] = A(0);
+  }
+  auto body = [&](int64_t r0, int64_t r1) {
+    A arow[kSmallK];
+    for (int64_t i = r0; i < r1; ++i) {
+      for (int64_t k = 0; k < K; ++k) arow[k] = static_cast<A>(*a.at(i, k));
+      for (int64_t j = 0; j < N; j += NR) {
+        V acc[NV];
+#pragma GCC unroll 8
+        for (int64_t q = 0; q < NV; ++q) acc[q] = V(A(0));
+        for (int64_t k = 0; k < K; ++k) {
+          const V av(arow[k]);
+#pragma GCC unroll 8
+          for (int64_t q = 0; q < NV; ++q) acc[q] = at::vec::fmadd(av, V::loadu(bb + k * ldb + j + q * W), acc[q]);
+        }
+        epi.row(acc, i, j, std::min(NR, N - j));
+      }
+    }
+  };
+  if (threads) at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(N * (K + 1), 1)), body);
+  else body(0, M);
+}
+
 // ---- threads ----------------------------------------------------------------------
 
 int64_t num_threads(int64_t M, int64_t N, int64_t K, bool allow) {
@@ -616,6 +658,7 @@ void driver(int64_t M, int64_t N, int64_t K, const APacker<T>& apack, Mat<T> b, 
   if (K == 0) return epilogue_only<T>(M, N, epi, T_ > 1 || (allow_threads && !at::in_parallel_region()));
   if (a_small && M <= kSmallM && b.rs == 1) return small_m<T>(M, N, K, *a_small, b, epi, T_ > 1);
   if (a_small && M <= kSmallNN && b.cs == 1) return small_m_nn<T>(M, N, K, *a_small, b, epi, T_ > 1);
+  if (a_small && K <= kSmallK) return small_k<T>(M, N, K, *a_small, b, epi, T_ > 1);
   // Cut M x N into tm x tn rectangles (tm * tn = T_), minimising the duplicated
   // packing: each of the tn column parts packs all of A, each row part all of B.
   const int64_t mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
