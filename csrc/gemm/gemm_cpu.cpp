@@ -511,12 +511,17 @@ const Acc<T>* acc_rows(int64_t M, int64_t K, Mat<T> a, int64_t& lda) {
 // rows of B would touch a new page per k). K runs in chunks of KC rows, the
 // chunk sums added in order (the general path's summation order).
 template <typename T>
-void small_m_nn(int64_t M, int64_t N, int64_t K, Mat<T> a, Mat<T> b, const Epi<T>& epi, bool threads) {
+void small_m_nn(int64_t M, int64_t N, int64_t K, Mat<T> a, Mat<T> b, const Epi<T>& epi, int64_t nthreads) {
+  const bool threads = nthreads > 1;
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t W = V::size(), NV = Blocking<A>::NV, NR = Blocking<A>::NR, KC = Blocking<A>::KC;
-  // M x JB partials in at most 16 KiB of L1, JB a multiple of NR
-  const int64_t JB = std::max<int64_t>(NR, std::min<int64_t>(64 * NR, (16384 / int64_t(sizeof(A)) / M) / NR * NR));
+  // M x JB partials in at most 16 KiB of L1, JB a multiple of NR, and one block
+  // per thread when that fits (long rows stream best; the column grouping does
+  // not change any element's arithmetic, so it may depend on the thread count)
+  const int64_t per_thread = (N + nthreads - 1) / nthreads;
+  const int64_t JB = std::max<int64_t>(
+      NR, std::min<int64_t>((per_thread + NR - 1) / NR * NR, (16384 / int64_t(sizeof(A)) / M) / NR * NR));
   int64_t lda;
   const A* ar = acc_rows<T>(M, K, a, lda);
   const int64_t nblocks = (N + JB - 1) / JB;
@@ -657,7 +662,7 @@ void driver(int64_t M, int64_t N, int64_t K, const APacker<T>& apack, Mat<T> b, 
   const int64_t T_ = num_threads(M, N, K, allow_threads);
   if (K == 0) return epilogue_only<T>(M, N, epi, T_ > 1 || (allow_threads && !at::in_parallel_region()));
   if (a_small && M <= kSmallM && b.rs == 1) return small_m<T>(M, N, K, *a_small, b, epi, T_ > 1);
-  if (a_small && M <= kSmallNN && b.cs == 1) return small_m_nn<T>(M, N, K, *a_small, b, epi, T_ > 1);
+  if (a_small && M <= kSmallNN && b.cs == 1) return small_m_nn<T>(M, N, K, *a_small, b, epi, T_);
   if (a_small && K <= kSmallK) return small_k<T>(M, N, K, *a_small, b, epi, T_ > 1);
   // Cut M x N into tm x tn rectangles (tm * tn = T_), minimising the duplicated
   // packing: each of the tn column parts packs all of A, each row part all of B.
