@@ -72,7 +72,7 @@ def test_gemm_shapes_float32(layout):
     small = [1, 7, 63, 65, 257]
     shapes = list(itertools.product(small, small, small))
     shapes += [(1000, 65, 257), (63, 1000, 65), (65, 63, 1000), (1000, 1000, 7), (7, 1000, 1000),
-               (257, 257, 1000), (16, 1000, 257), (17, 1000, 257)]
+               (257, 257, 1000), (16, 1000, 257), (17, 1000, 257), (32, 300, 257), (33, 300, 257), (4, 300, 257), (5, 300, 257)]
     for M, N, K in shapes:
         a = operand(M, K, layout[0] == "T", torch.float32, g)
         b = operand(K, N, layout[1] == "T", torch.float32, g)
@@ -180,7 +180,9 @@ def test_bitwise_same_for_1_and_2_threads(restore_threads):
     g = torch.Generator().manual_seed(5)
     cases = []
     for dtype, (M, N, K), tb in [(torch.float32, (300, 517, 700), False), (torch.float32, (1000, 96, 513), True),
-                                 (torch.float32, (8, 2000, 700), True), (torch.bfloat16, (200, 300, 1000), False),
+                                 (torch.float32, (8, 2000, 700), True), (torch.float32, (13, 999, 700), False),
+                                 (torch.float32, (3000, 517, 7), False),
+                                 (torch.bfloat16, (200, 300, 1000), False),
                                  (torch.float64, (150, 200, 600), True)]:
         a = torch.randn(M, K, generator=g).to(dtype)
         b = torch.randn(N, K, generator=g).to(dtype).t() if tb else torch.randn(K, N, generator=g).to(dtype)
@@ -257,10 +259,10 @@ def test_linear_fwd_bwd_vs_autograd(dtype):
 
 
 def test_linear_small_m_paths():
-    """M <= 16 streams W (dot products along K); M = 17 takes the packed path."""
+    """M <= 32 streams W (dot products along K); M = 33 takes the packed path."""
     g = torch.Generator().manual_seed(7)
     for dtype in [torch.float32, torch.bfloat16]:
-        for M in [1, 2, 3, 5, 16, 17]:
+        for M in [1, 2, 3, 5, 16, 17, 32, 33]:
             x, w, b = linear_case((M, 769), 771, dtype, True, "gelu", g)
             with testing.poisoned():
                 y, _ = ops.linear_fwd(x, w, b, "gelu", 0.0)

@@ -45,16 +45,18 @@ struct Mat {
 // Register tile and cache blocking for the accumulation type A, fixed at build
 // time by the vector width (the same source builds AVX2 and AVX-512):
 //   MR x NR  the register tile (MR rows x NV vectors of accumulators):
-//            AVX2 float 6x16 (12 ymm), AVX2 double 6x8, AVX-512 float 6x64
-//            (24 zmm), AVX-512 double 6x32
+//            AVX2 float 4x24 (12 ymm: 4 broadcasts + 3 loads per 12 FMAs),
+//            AVX2 double 6x8, AVX-512 float 6x64 (24 zmm), AVX-512 double 6x32
 //   KC       the K block: an MR x KC A strip and a KC x NR B micro-panel sit in L1
+//            (AVX2 float: 4 KiB + 24 KiB of the 32 KiB L1d)
 //   MC       rows of the packed A block (MC x KC, in L2)
 //   NC       columns of the packed B panel (KC x NC, in L3)
 template <typename A>
 struct Blocking {
   static constexpr int64_t W = at::vec::Vectorized<A>::size();
-  static constexpr int64_t MR = 6;
-  static constexpr int64_t NV = W * sizeof(A) >= 64 ? 4 : 2;  // 4 zmm or 2 ymm per row
+  static constexpr bool kAvx2Float = W * sizeof(A) == 32 && sizeof(A) == 4;
+  static constexpr int64_t MR = kAvx2Float ? 4 : 6;
+  static constexpr int64_t NV = W * sizeof(A) >= 64 ? 4 : (kAvx2Float ? 3 : 2);
   static constexpr int64_t NR = NV * W;
   static constexpr int64_t KC = W * sizeof(A) >= 64 ? 128 : 256;  // KC*NR*sizeof(A): 32 KiB or 16 KiB
   static constexpr int64_t MC = std::is_same_v<A, double> ? 72 : 144;

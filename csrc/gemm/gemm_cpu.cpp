@@ -6,10 +6,10 @@
 //       ic over M in MC rows  - pack the MC x KC block of A (strips MR tall)
 //         jr over NR columns  - one B micro-panel (KC x NR) stays in L1 ...
 //           ir over MR rows   - ... while A strips stream from L2: micro-kernel
-// The micro-kernel holds an MR x NR tile of C in registers (AVX2 float: 6 x 16
-// = 12 ymm accumulators, + 2 B vectors + 1 broadcast = 15 of 16 registers) and
+// The micro-kernel holds an MR x NR tile of C in registers (AVX2 float: 4 x 24
+// = 12 ymm accumulators, + 3 B vectors + 1 broadcast = 16 registers) and
 // per k does NV vector loads of B, MR broadcasts of A and MR*NV FMAs: nothing
-// else in the inner loop. It is written on at::vec::Vectorized, so the same
+// else in the inner loop (objdump-checked on the AVX2 and AVX-512 builds). It is written on at::vec::Vectorized, so the same
 // source compiles to AVX2 here and to AVX-512 zmm tiles where built so.
 // Memory traffic: B is read once per M-part (packed once per jc/pc), A once per
 // NC columns, C read+written once per KC step of K (out is its own accumulator
@@ -26,8 +26,14 @@
 // page faults on every call). Every output element is computed by the same
 // instruction sequence whichever rectangle holds it, so results are bitwise
 // identical for any thread count.
-// Small M (M <= 16, B K-contiguous: Linear's x . W^T at decode) is bandwidth
-// bound: no packing, W streamed once, MB x NJ dot products vectorised along K.
+// Small M is bandwidth bound (W is read once for few rows): no packing.
+//   M <= 32, B K-contiguous (Linear's x . W^T): W streamed once, 3 x 4 dot
+//     products vectorised along K, each 4-row group of W reused from L2;
+//   M <= 4, B N-contiguous (g . W of linear_bwd): rows of B streamed once into
+//     M x JB partial sums held in L1.
+// Both sum K in KC chunks, like the packed path, and split N over threads.
+// Small K (K <= 16, grad_weight from a few tokens): rows of out built directly
+// from B widened once, no tiles (a tile would store C after a few FMAs).
 #include "gemm/gemm.h"
 
 #include <ATen/Parallel.h>
@@ -207,16 +213,34 @@ MTE_INLINE void kernel(int64_t kc, const A* __restrict ap, const A* __restrict b
   }
 }
 
-// One tile of the driver: the product of a packed strip and micro-panel over
+// One tile of the driver (not inlined into the driver on purpose: inside the
+// large driver function GCC spilled the 24 zmm accumulators of the AVX-512
+// tile; on its own the k loop keeps all of them in registers, checked with
+// objdump on both the AVX2 and the AVX-512 build): the product of a packed strip and micro-panel over
 // this K block, added to the partial sums of the earlier K blocks (cacc, when
 // not first), then either kept as partial sums (not last) or finished by the
 // epilogue into out (last). mr x nr is the valid part of the tile.
 template <typename T>
-MTE_INLINE void tile(int64_t kc, const Acc<T>* ap, const Acc<T>* bp, int64_t mr, int64_t nr, bool first, bool last,
+__attribute__((noinline)) void tile(int64_t kc, const Acc<T>* ap, const Acc<T>* bp, int64_t mr, int64_t nr, bool first, bool last,
                      Acc<T>* cacc, int64_t ldacc, const Epi<T>& epi, int64_t i, int64_t j) {
   using A = Acc<T>;
   using V = Vectorized<A>;
-  constexpr int64_t MR = Blocking<A>::MR, NV = Blocking<A>::NV, W = Blocking<A>::W;
+  constexpr int64_t MR = Blocking<A>::MR, NV = Blocking<A>::NV, W = Blocking<A>::W, NR = Blocking<A>::NR;
+  // Start fetching the C rows this tile will read or write at its end: the
+  // k loop (~kc*NV*MR/2 cycles) hides the miss that would otherwise stall it.
+  if (!first || !last) {
+    for (int64_t r = 0; r < mr; ++r) {
+      __builtin_prefetch(cacc + r * ldacc, 1, 3);
+      __builtin_prefetch(cacc + r * ldacc + NR - 1, 1, 3);
+    }
+  }
+  if (last) {
+    for (int64_t r = 0; r < mr; ++r) {
+      const T* o = epi.out + (i + r) * epi.ldo + j;
+      __builtin_prefetch(o, 1, 3);
+      __builtin_prefetch(o + NR - 1, 1, 3);
+    }
+  }
   V c[MR][NV];
   kernel<A>(kc, ap, bp, c);
 #pragma GCC unroll 8
@@ -287,7 +311,16 @@ void pack_b_impl(Mat<T> b, int64_t kc, int64_t nc, Acc<T>* dst) {
 #pragma GCC unroll 8
         for (int64_t v = 0; v < NR; v += W) Io<T>::load(src + v, W).store(d + k * NR + v);
       }
-    } else if (b.rs == 1) {  // columns contiguous along k (B = W^T of a Linear): transpose
+    } else if (b.rs == 1 && std::is_same_v<T, float> && nr == NR && NR % 8 == 0) {
+      // columns contiguous along k (B = W^T of a Linear): 8 x 8 register transposes
+      const float* src = reinterpret_cast<const float*>(b.at(0, q));
+      float* df = reinterpret_cast<float*>(d);
+      int64_t k = 0;
+      for (; k + 8 <= kc; k += 8)
+        for (int64_t c = 0; c < NR; c += 8) at::vec::transpose_mxn<float, 8, 8>(src + c * b.cs + k, b.cs, df + k * NR + c, NR);
+      for (; k < kc; ++k)
+        for (int64_t c = 0; c < NR; ++c) df[k * NR + c] = src[c * b.cs + k];
+    } else if (b.rs == 1) {  // columns contiguous along k: transpose
       for (int64_t c = 0; c < nr; ++c) {
         const T* col = b.at(0, q + c);
         for (int64_t k = 0; k < kc; ++k) d[k * NR + c] = static_cast<A>(col[k]);
@@ -451,7 +484,87 @@ void dot_rows(int64_t mb, int64_t K, const Acc<T>* a, int64_t lda, const T* w, i
   }
 }
 
-constexpr int64_t kSmallM = 16;
+constexpr int64_t kSmallM = 32;  // the dot path beats packing W up to about M = 64 (4096 x 4096, measured)
+constexpr int64_t kSmallNN = 4;  // above, packing B pays off (measured on 4096 x 4096: M = 8 already runs faster packed)
+
+// The M (<= kSmallM) rows of A as Acc rows contiguous along K: A itself when it
+// is already that, else a copy in the calling thread's workspace.
+template <typename T>
+const Acc<T>* acc_rows(int64_t M, int64_t K, Mat<T> a, int64_t& lda) {
+  using A = Acc<T>;
+  if (std::is_same_v<T, A> && a.cs == 1) {
+    lda = a.rs;
+    return reinterpret_cast<const A*>(a.p);
+  }
+  A* buf = workspace<A>().rows.get(static_cast<size_t>(M * K));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) buf[m * K + k] = static_cast<A>(*a.at(m, k));
+  lda = K;
+  return buf;
+}
+
+// out = epilogue(a . b) for M <= kSmallM and b.cs == 1 (rows of B contiguous:
+// grad_input = g . W of a Linear at decode). B is streamed once, unpacked, row
+// by row: a column block of JB columns keeps M x JB partial sums in L1, and for
+// each k the contiguous segment B[k, j0:j0+JB] is read once and FMA'd into
+// every row's partials (long contiguous reads: a narrow tile walking down the
+// rows of B would touch a new page per k). K runs in chunks of KC rows, the
+// chunk sums added in order (the general path's summation order).
+template <typename T>
+void small_m_nn(int64_t M, int64_t N, int64_t K, Mat<T> a, Mat<T> b, const Epi<T>& epi, int64_t nthreads) {
+  const bool threads = nthreads > 1;
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t W = V::size(), NV = Blocking<A>::NV, NR = Blocking<A>::NR, KC = Blocking<A>::KC;
+  // M x JB partials in at most 16 KiB of L1, JB a multiple of NR, and one block
+  // per thread when that fits (long rows stream best; the column grouping does
+  // not change any element's arithmetic, so it may depend on the thread count)
+  const int64_t per_thread = (N + nthreads - 1) / nthreads;
+  const int64_t JB = std::max<int64_t>(
+      NR, std::min<int64_t>((per_thread + NR - 1) / NR * NR, (16384 / int64_t(sizeof(A)) / M) / NR * NR));
+  int64_t lda;
+  const A* ar = acc_rows<T>(M, K, a, lda);
+  const int64_t nblocks = (N + JB - 1) / JB;
+  auto body = [&](int64_t b0, int64_t b1) {
+    A* buf = workspace<A>().cacc.get(static_cast<size_t>(2 * M * JB));
+    A* part = buf;
+    A* tot = buf + M * JB;
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t j0 = blk * JB, nb = std::min(JB, N - j0);
+      const int64_t nfull = nb / W * W;
+      for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t k1 = std::min(K, k0 + KC);
+        std::fill(part, part + M * JB, A(0));
+        for (int64_t k = k0; k < k1; ++k) {
+          const T* brow = b.at(k, j0);
+          for (int64_t m = 0; m < M; ++m) {
+            const V av(ar[m * lda + k]);
+            A* p = part + m * JB;
+            int64_t v = 0;
+            for (; v + 2 * W <= nfull; v += 2 * W) {
+              at::vec::fmadd(av, Io<T>::load(brow + v, W), V::loadu(p + v)).store(p + v);
+              at::vec::fmadd(av, Io<T>::load(brow + v + W, W), V::loadu(p + v + W)).store(p + v + W);
+            }
+            for (; v < nfull; v += W) at::vec::fmadd(av, Io<T>::load(brow + v, W), V::loadu(p + v)).store(p + v);
+            if (v < nb) at::vec::fmadd(av, Io<T>::load(brow + v, nb - v), V::loadu(p + v)).store(p + v);
+          }
+        }
+        for (int64_t e = 0; e < M * JB; e += W) {
+          const V pv = V::loadu(part + e);
+          (k0 == 0 ? pv : V::loadu(tot + e) + pv).store(tot + e);
+        }
+      }
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < nb; j += NR) {
+          V v[NV];
+          for (int64_t q = 0; q < NV; ++q) v[q] = V::loadu(tot + m * JB + j + q * W);
+          epi.row(v, m, j0 + j, std::min(NR, nb - j));
+        }
+    }
+  };
+  if (threads) at::parallel_for(0, nblocks, 1, body);
+  else body(0, nblocks);
+}
 
 // out = epilogue(a . b) for M <= kSmallM and b.rs == 1 (column j of B is the
 // contiguous row j of W, leading dim b.cs).
@@ -460,21 +573,10 @@ void small_m(int64_t M, int64_t N, int64_t K, Mat<T> a, Mat<T> b, const Epi<T>& 
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t W = V::size(), NV = Blocking<A>::NV, NR = Blocking<A>::NR;
-  constexpr int64_t JB = 64, NJ = 4, MB = 3;
+  constexpr int64_t JB = 4 * NR, NJ = 4, MB = 3;
   static_assert(JB % NR == 0, "column block must hold whole epilogue rows");
-  // A as Acc rows, contiguous along K (a copy of at most 16 rows)
-  const A* ar;
   int64_t lda;
-  if (std::is_same_v<T, A> && a.cs == 1) {
-    ar = reinterpret_cast<const A*>(a.p);
-    lda = a.rs;
-  } else {
-    A* buf = workspace<A>().rows.get(static_cast<size_t>(M * K));
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) buf[m * K + k] = static_cast<A>(*a.at(m, k));
-    ar = buf;
-    lda = K;
-  }
+  const A* ar = acc_rows<T>(M, K, a, lda);
   const int64_t nblocks = (N + JB - 1) / JB;
   auto body = [&](int64_t b0, int64_t b1) {
     A res[kSmallM * JB];
@@ -501,6 +603,46 @@ void small_m(int64_t M, int64_t N, int64_t K, Mat<T> a, Mat<T> b, const Epi<T>& 
   else body(0, nblocks);
 }
 
+// ---- small K: rank-K updates (grad_weight = g^T . x with a handful of tokens) -------
+
+constexpr int64_t kSmallK = 16;
+
+// With K <= kSmallK a packed tile would do a few FMAs per load and store of C:
+// instead each row of out is built directly, vectorised along N, from B
+// widened once into a zero-padded [K, ldb] buffer (at most 16 rows, in L2).
+// Per element the k order is the packed path's (one chunk, from zero).
+template <typename T>
+void small_k(int64_t M, int64_t N, int64_t K, Mat<T> a, Mat<T> b, const Epi<T>& epi, bool threads) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t W = V::size(), NV = Blocking<A>::NV, NR = Blocking<A>::NR;
+  const int64_t ldb = (N + NR - 1) / NR * NR;
+  A* bb = workspace<A>().b.get(static_cast<size_t>(K * ldb));
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < N; ++j) bb[k * ldb + j] = static_cast<A>(*b.at(k, j));
+    for (int64_t j = N; j < ldb; ++j) bb[k * ldb + j] = A(0);
+  }
+  auto body = [&](int64_t r0, int64_t r1) {
+    A arow[kSmallK];
+    for (int64_t i = r0; i < r1; ++i) {
+      for (int64_t k = 0; k < K; ++k) arow[k] = static_cast<A>(*a.at(i, k));
+      for (int64_t j = 0; j < N; j += NR) {
+        V acc[NV];
+#pragma GCC unroll 8
+        for (int64_t q = 0; q < NV; ++q) acc[q] = V(A(0));
+        for (int64_t k = 0; k < K; ++k) {
+          const V av(arow[k]);
+#pragma GCC unroll 8
+          for (int64_t q = 0; q < NV; ++q) acc[q] = at::vec::fmadd(av, V::loadu(bb + k * ldb + j + q * W), acc[q]);
+        }
+        epi.row(acc, i, j, std::min(NR, N - j));
+      }
+    }
+  };
+  if (threads) at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(N * (K + 1), 1)), body);
+  else body(0, M);
+}
+
 // ---- threads ----------------------------------------------------------------------
 
 int64_t num_threads(int64_t M, int64_t N, int64_t K, bool allow) {
@@ -520,6 +662,8 @@ void driver(int64_t M, int64_t N, int64_t K, const APacker<T>& apack, Mat<T> b, 
   const int64_t T_ = num_threads(M, N, K, allow_threads);
   if (K == 0) return epilogue_only<T>(M, N, epi, T_ > 1 || (allow_threads && !at::in_parallel_region()));
   if (a_small && M <= kSmallM && b.rs == 1) return small_m<T>(M, N, K, *a_small, b, epi, T_ > 1);
+  if (a_small && M <= kSmallNN && b.cs == 1) return small_m_nn<T>(M, N, K, *a_small, b, epi, T_);
+  if (a_small && K <= kSmallK) return small_k<T>(M, N, K, *a_small, b, epi, T_ > 1);
   // Cut M x N into tm x tn rectangles (tm * tn = T_), minimising the duplicated
   // packing: each of the tn column parts packs all of A, each row part all of B.
   const int64_t mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
