@@ -47,6 +47,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/vec_reduce.h"
 #include "common/act.h"
 #include "common/alloc.h"
 #include "common/checks.h"
@@ -412,16 +413,6 @@ at::Tensor act_bwd(const at::Tensor& grad_output, const at::Tensor& saved, c10::
 }
 
 // ---- softmax -----------------------------------------------------------------------------
-
-template <typename T>
-inline T hsum(const Vectorized<T>& v) {
-  constexpr int64_t W = Vectorized<T>::size();
-  T buf[W];
-  v.store(buf);
-  T s = 0;
-  for (int64_t k = 0; k < W; ++k) s += buf[k];
-  return s;
-}
 
 template <typename T>
 inline T hmax(const Vectorized<T>& v) {  // NaN anywhere gives NaN, as torch's max

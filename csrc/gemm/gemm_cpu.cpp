@@ -44,10 +44,13 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/vec_reduce.h"
 #include "common/act.h"
 
 namespace mte::gemm {
 namespace {
+
+using mte::hsum;
 
 using at::vec::Vectorized;
 
@@ -415,16 +418,6 @@ void epilogue_only(int64_t M, int64_t N, const Epi<T>& epi, bool threads) {
 }
 
 // ---- small M: dot products along K, W streamed once --------------------------------
-
-template <typename A>
-MTE_INLINE A hsum(const Vectorized<A>& v) {
-  constexpr int64_t W = Vectorized<A>::size();
-  A buf[W];
-  v.store(buf);
-  A s = 0;
-  for (int64_t k = 0; k < W; ++k) s += buf[k];
-  return s;
-}
 
 // res[m*ldr + j] = sum_k a[m*lda + k] * w[j*ldw + k] for MB rows x NJ columns.
 // K is summed in chunks of kChunk (lane-wise partials added into a running

@@ -33,6 +33,7 @@
 #endif
 #include <vector>
 
+#include "common/vec_reduce.h"
 #include "common/alloc.h"
 #include "common/checks.h"
 
@@ -69,16 +70,6 @@ inline void for_vecs(int64_t n, F f) {
   int64_t i = 0;
   for (; i + W <= n; i += W) f(i, std::integral_constant<int64_t, W>{});
   if (i < n) f(i, n - i);
-}
-
-template <typename acc_t>
-inline acc_t hsum(const Vectorized<acc_t>& v) {
-  constexpr int64_t W = Vectorized<acc_t>::size();
-  acc_t buf[W];
-  v.store(buf);
-  acc_t s = 0;
-  for (int64_t k = 0; k < W; ++k) s += buf[k];
-  return s;
 }
 
 // sum of f(i, count) over a row (f must give 0 in lanes past count), with 4
