@@ -117,4 +117,46 @@ TORCH_LIBRARY(minitorch_ext, m) {
   // backward from the forward's output.
   m.def("softmax_fwd(Tensor input, int dim, bool log) -> Tensor");
   m.def("softmax_bwd(Tensor grad_output, Tensor output, int dim, bool log) -> Tensor");
+
+  // ---- attention family: fused scaled-dot-product attention (FlashAttention-2) ----
+  // The kernels see the normalized 4-D layout; minitorch_ext/ops/attention.py
+  // maps torch's sdpa arguments onto it (3-D inputs, extra batch dims, GQA checks,
+  // scale=None, the dropout seed):
+  //   query [B, Hq, Lq, D], key [B, Hkv, Lk, D], value [B, Hkv, Lk, Dv], any strides
+  //   (a transposed B/H/L layout is only other strides: no copy); Hq % Hkv == 0 and
+  //   query head h reads key/value head h / (Hq / Hkv) (GQA/MQA; Hkv == Hq is plain MHA).
+  //   attn_mask: None, or [B, Hq, Lq, Lk] with any strides (a broadcast mask is an
+  //   expand()ed view with stride 0: it is read, never materialised), dtype bool
+  //   (true = takes part) or query's dtype (added to the scaled scores).
+  //   S = scale * Q K^T + mask; is_causal keeps key j <= query i (top-left aligned,
+  //   also for Lq != Lk). P = softmax(S) per row; a row with no key left (all masked,
+  //   all -inf, or Lk == 0) has output 0, logsumexp +inf and zero gradients.
+  //   Dropout (dropout_p > 0): element (b, h, i, j) of P is dropped iff
+  //     philox4x32_10(key = (seed & 0xffffffff, seed >> 32),
+  //                   counter = (c & 0xffffffff, c >> 32, 0, 0))[0] < thresh,
+  //     c = ((b*Hq + h)*Lq + i)*Lk + j,  thresh = min(floor(dropout_p * 2^32), 2^32 - 1)
+  //   (minitorch_ext/_philox.py is the reference), kept ones scaled by 1/(1-p);
+  //   dropout_p == 1 drops everything (output 0). The mask is regenerated in
+  //   backward, never stored.
+  // attention_fwd: output [B, Hq, Lq, Dv] contiguous in query's dtype; logsumexp
+  //   [B, Hq, Lq] contiguous, float32 (float64 for float64 input): log sum_j exp(S_ij)
+  //   over the keys that take part (+inf for an empty row). O(L) extra memory.
+  // attention_bwd: the FlashAttention-2 backward from logsumexp (D = rowsum(dO*O)),
+  //   grad_query/grad_key/grad_value with the shapes of query/key/value (contiguous;
+  //   GQA: grad_key/grad_value summed over each key head's query heads, without
+  //   atomics); grad_attn_mask [B, Hq, Lq, Lk] contiguous, the gradient of S (the
+  //   caller sums it down to the mask's own shape). A result whose output_mask entry
+  //   is false comes back as an empty [0] tensor. Bitwise the same run to run and for
+  //   any thread count.
+  // attention_weights: P itself, [B, Hq, Lq, Lk] contiguous in query's dtype, from
+  //   the forward's logsumexp (no dropout; 0 on empty rows): MultiheadAttention's
+  //   need_weights=True.
+  m.def("attention_fwd(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
+        "float dropout_p, bool is_causal, float scale, int seed) -> (Tensor output, Tensor logsumexp)");
+  m.def("attention_bwd(Tensor grad_output, Tensor query, Tensor key, Tensor value, Tensor output, "
+        "Tensor logsumexp, Tensor? attn_mask, float dropout_p, bool is_causal, float scale, int seed, "
+        "bool[4] output_mask) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value, "
+        "Tensor grad_attn_mask)");
+  m.def("attention_weights(Tensor query, Tensor key, Tensor? attn_mask, bool is_causal, float scale, "
+        "Tensor logsumexp) -> Tensor");
 }
