@@ -40,10 +40,12 @@
 // of Lq*D + Lk*(D+Dv) floats. The L x L score matrix never exists.
 //
 // Block sizes (float, AVX2: MR x NR = 4 x 24 register tile; AVX-512 6 x 64):
-//   forward BQ = 16*MR rows, BK = 4*NR keys: the S tile (BQ x BK floats, 24 KiB
+//   forward BQ = 32*MR rows, BK = 4*NR keys: the S tile (BQ x BK floats, 48 KiB
 //   at AVX2) and the K panels of one key block (D x BK, 24 KiB at D=64) sit in
-//   L1/L2 while the register tile streams over them, and 64 rows amortise packing
-//   one K/V block (O(BK*D)) over 64x as many multiply-adds. The backward's blocks
+//   L2 (1 MiB per Zen 5 core) while the register tile streams over them (one B
+//   panel, D x NR = 6 KiB, in L1 at a time), and 128 rows amortise packing one
+//   K/V block (O(BK*(D+Dv)) element moves) over 128x as many multiply-adds.
+//   The Q block is packed once per task, pre-multiplied by scale. The backward's blocks
 //   are a common multiple of MR and NR (each product uses the tile both ways):
 //   BQB = BKB = lcm(MR, NR) rounded up to >= 48.
 //
@@ -119,7 +121,7 @@ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 template <typename A>
 struct Blocks {
   static constexpr int64_t MR = Blocking<A>::MR, NR = Blocking<A>::NR;
-  static constexpr int64_t BQ = 16 * MR, BK = 4 * NR;
+  static constexpr int64_t BQ = 32 * MR, BK = 4 * NR;
   static constexpr int64_t LCM = std::lcm(MR, NR);
   static constexpr int64_t BB = LCM * ceil_div(48, LCM);  // backward block (rows and keys)
 };
@@ -170,13 +172,20 @@ struct Problem {
   const T* krow(int64_t b, int64_t hk, int64_t j) const { return k + b * ks[0] + hk * ks[1] + j * ks[2]; }
   const T* vrow(int64_t b, int64_t hk, int64_t j) const { return v + b * vs[0] + hk * vs[1] + j * vs[2]; }
 
-  // s[0..npad): the raw q.k products of query i with keys j0 .. j0+npad (kn of them
-  // real). On return: the logits scale*s + mask, -inf where a key does not take part.
+  // The rows [i0, i0+qn) of query head h as A strips, times scale (so that the
+  // product with K^T is already the scaled score).
+  void pack_q_scaled(int64_t b, int64_t h, int64_t i0, int64_t qn, A* dst) const {
+    gemm::pack_a<T>(Mat<T>{qrow(b, h, i0), qs[2], qs[3]}, qn, D, dst);
+    const int64_t n = ((qn + Blocking<A>::MR - 1) / Blocking<A>::MR) * Blocking<A>::MR * D;
+    const A sc = scale;
+    for (int64_t e = 0; e < n; ++e) dst[e] *= sc;
+  }
+
+  // s[0..npad): the scaled q.k products of query i with keys j0 .. j0+npad (kn of
+  // them real). On return: the logits s + mask, -inf where a key does not take part.
   void logits_row(int64_t b, int64_t h, int64_t i, int64_t j0, int64_t kn, int64_t npad, A* s) const {
     int64_t nv = kn;
     if (causal) nv = std::min<int64_t>(nv, std::max<int64_t>(0, i - j0 + 1));
-    const A sc = scale;
-    for (int64_t c = 0; c < nv; ++c) s[c] *= sc;
     constexpr A ninf = -std::numeric_limits<A>::infinity();
     if (mask_kind == 1) {
       const bool* mp = static_cast<const bool*>(mask) + b * ms[0] + h * ms[1] + i * ms[2] + j0 * ms[3];
@@ -293,7 +302,7 @@ void forward(const Problem<T>& P, T* out, Acc<T>* lse) {
     A* l = w.l.get(BQ);
     A* z = w.di.get(BK);
     uint32_t* words = w.rnd.get(BK);
-    gemm::pack_a<T>(Mat<T>{P.qrow(b, h, i0), P.qs[2], P.qs[3]}, qn, D, qs);
+    P.pack_q_scaled(b, h, i0, qn, qs);
     std::fill(o, o + BQ * DvP, A(0));
     std::fill(m, m + BQ, ninf);
     std::fill(l, l + BQ, A(0));
@@ -397,7 +406,7 @@ void backward(const Problem<T>& P, const Grads<T>& G) {
       const A* lseb = G.lse + (b * P.Hq + h) * Lq;
       for (int64_t qb = 0; qb < nqb; ++qb) {
         const int64_t i0 = qb * BB, qn = std::min(BB, Lq - i0);
-        gemm::pack_a<T>(Mat<T>{P.qrow(b, h, i0), P.qs[2], P.qs[3]}, qn, D, qst + i0 * D1);
+        P.pack_q_scaled(b, h, i0, qn, qst + i0 * D1);
         gemm::pack_b<T>(Mat<T>{P.qrow(b, h, i0), P.qs[2], P.qs[3]}, qn, D, qpn + i0 * DP);
         gemm::pack_a<T>(Mat<T>{gob + i0 * G.gos[2], G.gos[2], G.gos[3]}, qn, Dv, dost + i0 * std::max<int64_t>(Dv, 1));
         gemm::pack_b<T>(Mat<T>{gob + i0 * G.gos[2], G.gos[2], G.gos[3]}, qn, Dv, dopn + i0 * DvP);
@@ -494,7 +503,7 @@ void weights(const Problem<T>& P, const Acc<T>* lse, T* out) {
     A* qs = w.qs.get(BQ * std::max<int64_t>(D, 1));
     A* ks = w.ks.get(BK * std::max<int64_t>(D, 1));
     A* s = w.s.get(BQ * BK);
-    gemm::pack_a<T>(Mat<T>{P.qrow(b, h, i0), P.qs[2], P.qs[3]}, qn, D, qs);
+    P.pack_q_scaled(b, h, i0, qn, qs);
     for (int64_t j0 = 0; j0 < Lk; j0 += BK) {
       const int64_t kn = std::min(BK, Lk - j0), npad = ceil_div(kn, NR) * NR;
       gemm::pack_b<T>(Mat<T>{P.krow(b, hk, j0), P.ks[3], P.ks[2]}, D, kn, ks);
