@@ -1,8 +1,10 @@
 """Mirrors torch.nn.functional: the same names and signatures, on our kernels."""
+from ..ops.attention import scaled_dot_product_attention
 from ..ops.activation import (gelu, leaky_relu, leaky_relu_, log_softmax, relu, relu_, sigmoid, silu,
                               softmax, tanh)
 from ..ops.linear import linear, parse_activation
 from ..ops.norm import layer_norm, rms_norm
 
 __all__ = ["layer_norm", "rms_norm", "linear", "parse_activation", "relu", "relu_", "leaky_relu", "leaky_relu_",
-           "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax"]
+           "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax",
+           "scaled_dot_product_attention"]

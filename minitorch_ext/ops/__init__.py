@@ -6,3 +6,4 @@ from . import norm  # noqa: F401
 from . import optim  # noqa: F401
 from . import linear  # noqa: F401
 from . import activation  # noqa: F401
+from . import attention  # noqa: F401
