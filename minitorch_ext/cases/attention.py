@@ -286,19 +286,24 @@ def spec() -> OpSpec:
 
 
 class SmallAttention(torch.nn.Module):
-    """x [N, L, E] -> our Linear -> q, k, v heads -> our sdpa (causal) -> our Linear: the compile smoke model."""
+    """x [N, L, E] -> our Linear -> q, k, v heads -> our sdpa (causal) -> our Linear -> our
+    MultiheadAttention (with a key padding mask): the compile smoke model of both entry points."""
 
     def __init__(self, E=16, H=2):
         super().__init__()
         self.H = H
         self.qkv = mte.nn.Linear(E, 3 * E)
         self.out = mte.nn.Linear(E, E)
+        self.mha = mte.nn.MultiheadAttention(E, H, batch_first=True)
 
     def forward(self, x):
         N, L, E = x.shape
         q, k, v = self.qkv(x).view(N, L, 3, self.H, E // self.H).permute(2, 0, 3, 1, 4).unbind(0)
         o = mte.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(o.transpose(1, 2).reshape(N, L, E))
+        y = self.out(o.transpose(1, 2).reshape(N, L, E))
+        pad = torch.zeros(N, L, dtype=torch.bool, device=x.device)
+        pad[:, -1] = True
+        return self.mha(y, y, y, key_padding_mask=pad, need_weights=False)[0]
 
 
 def small_model():

@@ -1,7 +1,8 @@
 """Drop-in modules."""
+from .attention import MultiheadAttention
 from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .linear import Linear
 from .normalization import LayerNorm, RMSNorm
 
 __all__ = ["LayerNorm", "RMSNorm", "Linear", "ReLU", "LeakyReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax",
-           "LogSoftmax"]
+           "LogSoftmax", "MultiheadAttention"]
