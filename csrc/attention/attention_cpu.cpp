@@ -30,7 +30,10 @@
 //   FA2 splits dQ into a second pass (or uses atomics) because a GPU needs more
 //   parallelism than B*H; with two to a few dozen CPU threads, B*Hkv tasks are
 //   usually enough, and we save the two recomputed products a separate dQ pass
-//   costs. The price: B*Hkv = 1 runs the backward on one thread.
+//   costs. When B*Hkv < 8 the keys are cut into up to 8/(B*Hkv) segments, one
+//   task each (dK, dV of its keys, a partial dQ), and the partial dQs are summed
+//   in segment order afterwards: the segment count depends on the shapes only,
+//   so the result is still the same for any thread count.
 //   attention_weights: S and P = exp(logits - lse) per (b, h, query block).
 //
 // Memory traffic. Forward: Q and O once, K and V once per query block (from
@@ -423,53 +426,72 @@ void backward(const Problem<T>& P, const Grads<T>& G) {
   using BL = Blocks<A>;
   constexpr int64_t NR = BL::NR, BB = BL::BB;
   const int64_t D = P.D, Dv = P.Dv, Lq = P.Lq, Lk = P.Lk, D1 = std::max<int64_t>(D, 1);
-  const int64_t DP = ceil_div(D1, NR) * NR, DvP = ceil_div(std::max<int64_t>(Dv, 1), NR) * NR;
+  const int64_t Dv1 = std::max<int64_t>(Dv, 1);
+  const int64_t DP = ceil_div(D1, NR) * NR, DvP = ceil_div(Dv1, NR) * NR;
   const int64_t nqb = ceil_div(Lq, BB), nkb = ceil_div(Lk, BB);
-  const int64_t LqP = nqb * BB, LkP = nkb * BB;
+  const int64_t LqP = nqb * BB;
   const bool want_kv = G.dk != nullptr || G.dv != nullptr || G.dmask != nullptr;
-  run_tasks(P.B * P.Hkv, [&](int64_t t) {
-    const int64_t b = t / P.Hkv, hk = t % P.Hkv;
+  // Key segments: with fewer than 8 (b, hkv) pairs, the keys are cut into up to
+  // 8 / (B*Hkv) segments, one task each, so that small batches still use the
+  // threads; each segment then leaves a partial dQ, summed below in segment
+  // order. The count depends on the problem only, never on the thread count.
+  const int64_t BHk = P.B * P.Hkv;
+  int64_t nseg = (BHk >= 8 || nkb <= 1) ? 1 : std::min(nkb, ceil_div(8, std::max<int64_t>(BHk, 1)));
+  const int64_t segkb = nseg > 1 ? ceil_div(nkb, nseg) : std::max<int64_t>(nkb, 1);
+  nseg = nkb > 0 ? ceil_div(nkb, segkb) : 1;
+  const int64_t SK = segkb * BB;  // keys per segment (rows of the dK/dV accumulators)
+  at::Tensor dq_part;
+  A* dqp = nullptr;
+  if (nseg > 1 && G.dq) {
+    dq_part = cached_empty_cpu({P.B * P.Hq * nseg * Lq * D}, at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
+    dqp = dq_part.data_ptr<A>();
+  }
+  run_tasks(BHk * nseg, [&](int64_t t) {
+    const int64_t seg = t % nseg, b = (t / nseg) / P.Hkv, hk = (t / nseg) % P.Hkv;
+    const int64_t kb0 = seg * segkb, kb1 = std::min(nkb, kb0 + segkb), jseg = kb0 * BB;
     auto& w = work<A>();
     // per head of the group: Q and dO as A strips and B panels, Di
     A* qst = w.qs.get(LqP * D1);
     A* qpn = w.qp.get(LqP * DP);
-    A* dost = w.dos.get(LqP * std::max<int64_t>(Dv, 1));
+    A* dost = w.dos.get(LqP * Dv1);
     A* dopn = w.dop.get(LqP * DvP);
     A* di = w.di.get(LqP);
     // per key block: K^T and V^T panels (for S and dP), K panels (for dQ)
     A* ktp = w.ks.get(BB * D1);
-    A* vtp = w.vs.get(BB * std::max<int64_t>(Dv, 1));
+    A* vtp = w.vs.get(BB * Dv1);
     A* kpn = w.kp.get(BB * DP);
     A* s = w.s.get(BB * BB);
     A* dps = w.dps.get(BB * BB);
     A* ap = w.ps.get(BB * BB);
     A* z = w.l.get(BB);
     uint32_t* words = w.rnd.get(BB);
-    A* dkacc = w.dk.get(LkP * DP);
-    A* dvacc = w.dv.get(LkP * DvP);
+    A* dkacc = w.dk.get(SK * DP);
+    A* dvacc = w.dv.get(SK * DvP);
     A* dqacc = w.dq.get(LqP * DP);
-    std::fill(dkacc, dkacc + LkP * DP, A(0));
-    std::fill(dvacc, dvacc + LkP * DvP, A(0));
+    std::fill(dkacc, dkacc + SK * DP, A(0));
+    std::fill(dvacc, dvacc + SK * DvP, A(0));
+    // causal: only the query blocks with a row >= the segment's first key
+    const int64_t qbs = P.causal ? std::min(nqb, jseg / BB) : 0;
     for (int64_t h = hk * P.group; h < (hk + 1) * P.group; ++h) {
       const T* gob = G.go + b * G.gos[0] + h * G.gos[1];
       const T* ob = G.o + (b * P.Hq + h) * Lq * Dv;
       const A* lseb = G.lse + (b * P.Hq + h) * Lq;
-      for (int64_t qb = 0; qb < nqb; ++qb) {
+      for (int64_t qb = qbs; qb < nqb; ++qb) {
         const int64_t i0 = qb * BB, qn = std::min(BB, Lq - i0);
         P.pack_q_scaled(b, h, i0, qn, qst + i0 * D1);
         gemm::pack_b<T>(Mat<T>{P.qrow(b, h, i0), P.qs[2], P.qs[3]}, qn, D, qpn + i0 * DP);
-        gemm::pack_a<T>(Mat<T>{gob + i0 * G.gos[2], G.gos[2], G.gos[3]}, qn, Dv, dost + i0 * std::max<int64_t>(Dv, 1));
+        gemm::pack_a<T>(Mat<T>{gob + i0 * G.gos[2], G.gos[2], G.gos[3]}, qn, Dv, dost + i0 * Dv1);
         gemm::pack_b<T>(Mat<T>{gob + i0 * G.gos[2], G.gos[2], G.gos[3]}, qn, Dv, dopn + i0 * DvP);
-      }
-      for (int64_t i = 0; i < Lq; ++i) {
-        A acc = 0;
-        const T* gr = gob + i * G.gos[2];
-        const T* orow = ob + i * Dv;
-        for (int64_t d = 0; d < Dv; ++d) acc += static_cast<A>(gr[d * G.gos[3]]) * static_cast<A>(orow[d]);
-        di[i] = acc;
+        for (int64_t i = i0; i < i0 + qn; ++i) {
+          A acc = 0;
+          const T* gr = gob + i * G.gos[2];
+          const T* orow = ob + i * Dv;
+          for (int64_t d = 0; d < Dv; ++d) acc += static_cast<A>(gr[d * G.gos[3]]) * static_cast<A>(orow[d]);
+          di[i] = acc;
+        }
       }
       std::fill(dqacc, dqacc + LqP * DP, A(0));
-      for (int64_t kb = 0; kb < nkb; ++kb) {
+      for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t j0 = kb * BB, kn = std::min(BB, Lk - j0), npad = ceil_div(kn, NR) * NR;
         gemm::pack_b<T>(Mat<T>{P.krow(b, hk, j0), P.ks[3], P.ks[2]}, D, kn, ktp);
         gemm::pack_b<T>(Mat<T>{P.vrow(b, hk, j0), P.vs[3], P.vs[2]}, Dv, kn, vtp);
@@ -479,10 +501,10 @@ void backward(const Problem<T>& P, const Grads<T>& G) {
           const int64_t i0 = qb * BB, qn = std::min(BB, Lq - i0);
           const A* qs_ = qst + i0 * D1;
           const A* qp_ = qpn + i0 * DP;
-          const A* dos_ = dost + i0 * std::max<int64_t>(Dv, 1);
+          const A* dos_ = dost + i0 * Dv1;
           const A* dop_ = dopn + i0 * DvP;
-          tile_product<A>(qn, kn, D, qs_, ktp, s, BB, false);     // S
-          tile_product<A>(qn, kn, Dv, dos_, vtp, dps, BB, false); // dP
+          tile_product<A>(qn, kn, D, qs_, ktp, s, BB, false);      // S (Q pre-scaled)
+          tile_product<A>(qn, kn, Dv, dos_, vtp, dps, BB, false);  // dP
           for (int64_t r = 0; r < qn; ++r) {
             const int64_t i = i0 + r;
             A* sr = s + r * BB;
@@ -507,33 +529,51 @@ void backward(const Problem<T>& P, const Grads<T>& G) {
           if (want_kv) {
             // dV += (P Z)^T dO : A = (PZ)^T [kn x qn] (strided view of s), B = dO panels
             gemm::pack_a<A>(Mat<A>{s, 1, BB}, kn, qn, ap);
-            tile_product<A>(kn, Dv, qn, ap, dop_, dvacc + j0 * DvP, DvP, true);
+            tile_product<A>(kn, Dv, qn, ap, dop_, dvacc + (j0 - jseg) * DvP, DvP, true);
             // dK += dS^T Q
             gemm::pack_a<A>(Mat<A>{dps, 1, BB}, kn, qn, ap);
-            tile_product<A>(kn, D, qn, ap, qp_, dkacc + j0 * DP, DP, true);
+            tile_product<A>(kn, D, qn, ap, qp_, dkacc + (j0 - jseg) * DP, DP, true);
           }
           // dQ += dS K
           gemm::pack_a<A>(Mat<A>{dps, BB, 1}, qn, kn, ap);
           tile_product<A>(qn, D, kn, ap, kpn, dqacc + i0 * DP, DP, true);
         }
       }
-      if (G.dq) {
+      if (G.dq && nseg == 1) {
         T* dqb = G.dq + (b * P.Hq + h) * Lq * D;
         for (int64_t i = 0; i < Lq; ++i)
           for (int64_t d = 0; d < D; ++d) dqb[i * D + d] = static_cast<T>(dqacc[i * DP + d] * P.scale);
+      } else if (G.dq) {
+        A* part = dqp + ((b * P.Hq + h) * nseg + seg) * Lq * D;
+        for (int64_t i = 0; i < Lq; ++i)
+          for (int64_t d = 0; d < D; ++d) part[i * D + d] = dqacc[i * DP + d];
       }
     }
+    const int64_t jn = std::min(Lk, kb1 * BB) - jseg;  // this segment's keys
     if (G.dk) {
-      T* dkb = G.dk + (b * P.Hkv + hk) * Lk * D;
-      for (int64_t j = 0; j < Lk; ++j)
+      T* dkb = G.dk + ((b * P.Hkv + hk) * Lk + jseg) * D;
+      for (int64_t j = 0; j < jn; ++j)
         for (int64_t d = 0; d < D; ++d) dkb[j * D + d] = static_cast<T>(dkacc[j * DP + d] * P.scale);
     }
     if (G.dv) {
-      T* dvb = G.dv + (b * P.Hkv + hk) * Lk * Dv;
-      for (int64_t j = 0; j < Lk; ++j)
+      T* dvb = G.dv + ((b * P.Hkv + hk) * Lk + jseg) * Dv;
+      for (int64_t j = 0; j < jn; ++j)
         for (int64_t d = 0; d < Dv; ++d) dvb[j * Dv + d] = static_cast<T>(dvacc[j * DvP + d]);
     }
   });
+  if (dqp) {  // dQ = scale * (sum of the segments' partials, in segment order)
+    const int64_t rows = P.B * P.Hq * Lq;
+    at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(D1, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bh = r / Lq, i = r % Lq;
+        for (int64_t d = 0; d < D; ++d) {
+          A acc = 0;
+          for (int64_t sg = 0; sg < nseg; ++sg) acc += dqp[((bh * nseg + sg) * Lq + i) * D + d];
+          G.dq[r * D + d] = static_cast<T>(acc * P.scale);
+        }
+      }
+    });
+  }
 }
 
 // ---- the probabilities (need_weights) -------------------------------------------------
