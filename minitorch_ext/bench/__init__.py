@@ -29,6 +29,7 @@ FAMILIES: dict[str, str | Callable] = {
     "linear": "minitorch_ext.bench.gemm:linear",
 }
 FAMILIES["activation"] = "minitorch_ext.bench.activation:activation"
+FAMILIES["attention"] = "minitorch_ext.bench.attention:attention"
 
 
 def register(name: str):
