@@ -10,12 +10,12 @@ onto it and registers these functions as ops):
     (True = takes part) or query's dtype (added to the scaled scores)
     S = scale * Q K^T + mask, causal keeps key j <= query i (top-left aligned),
     P = softmax(S) per row; a row with no key left: output 0, logsumexp +inf,
-    zero gradients. Dropout: element (b, h, i, j) of P dropped iff word 0 of
-    Philox4x32-10(key = seed, counter = (c lo, c hi, 0, 0)) < thresh,
+    zero gradients. Dropout: element (b, h, i, j) of P dropped iff word c & 3 of
+    Philox4x32-10(key = seed, counter = (n lo, n hi, 0, 0)) < thresh, n = c >> 2,
     c = ((b*Hq + h)*Lq + i)*Lk + j, thresh = min(floor(p * 2^32), 2^32 - 1)
     (p == 1 drops everything); kept elements scaled by 1/(1-p).
     minitorch_ext/_philox.py is the NumPy reference; tl.philox(seed, c0, c1, 0, 0)
-    is the same generator (word 0), so the mask is regenerated, never stored.
+    is the same generator (its four words), so the mask is regenerated, never stored.
 
 Algorithm
     Forward (_fwd_kernel): one program per (query block of BLOCK_M rows, b*Hq + h).
@@ -295,10 +295,13 @@ def _scores(s, offs_m, offs_n, Lq, Lk, Mask, mbase, smm, smn, MASK_KIND: tl.cons
 def _keep(seed, thresh, bh, offs_m, offs_n, Lq, Lk):
     """The dropout keep mask [BM, BN] of rows offs_m, keys offs_n of head bh = b*Hq + h."""
     c = (bh.to(tl.int64) * Lq + offs_m[:, None].to(tl.int64)) * Lk + offs_n[None, :].to(tl.int64)
-    c0 = (c & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (c >> 32).to(tl.uint32)
+    n = c >> 2  # element c: word c & 3 of the evaluation at counter c >> 2
+    c0 = (n & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (n >> 32).to(tl.uint32)
     z = c0 * 0
-    r, _, _, _ = tl.philox(seed, c0, c1, z, z)
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, z, z)
+    w = c & 3
+    r = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
     return r.to(tl.int64) >= thresh
 
 

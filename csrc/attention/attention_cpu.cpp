@@ -133,9 +133,11 @@ struct Blocks {
   static constexpr int64_t BB = LCM * ceil_div(48, LCM);  // backward block (rows and keys)
 };
 
-// ---- dropout: Philox4x32-10, word 0 (minitorch_ext/_philox.py is the reference) ----
+// ---- dropout: Philox4x32-10 (minitorch_ext/_philox.py is the reference) ---------------
+// Element c (the linear index of (b, h, i, j)) uses word c % 4 of the counter c / 4:
+// one evaluation (ten rounds of two 32x32->64 multiplies) serves four neighbours.
 
-inline uint32_t philox_word0(uint64_t seed, uint64_t ctr) {
+inline void philox4(uint64_t seed, uint64_t ctr, uint32_t out[4]) {
   uint32_t c0 = static_cast<uint32_t>(ctr), c1 = static_cast<uint32_t>(ctr >> 32), c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < 10; ++r) {
@@ -149,7 +151,10 @@ inline uint32_t philox_word0(uint64_t seed, uint64_t ctr) {
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  return c0;
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
 }
 
 #if defined(__AVX2__)
@@ -161,12 +166,12 @@ inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
 }
 
-// word 0 of Philox4x32-10 for the 8 counters ctr0 .. ctr0+7, eight lanes at a time
-// (the scalar philox_word0, bit for bit)
-inline void philox_word0_x8(uint64_t seed, uint64_t ctr0, uint32_t* out) {
+// the four words of the 8 counters ctr .. ctr+7, eight lanes at a time (philox4, bit
+// for bit), stored counter-major: out[4*l + w] = word w of counter ctr + l
+inline void philox4_x8(uint64_t seed, uint64_t ctr, uint32_t* out) {
   alignas(32) uint32_t lo32[8], hi32[8];
   for (int l = 0; l < 8; ++l) {
-    const uint64_t c = ctr0 + static_cast<uint64_t>(l);
+    const uint64_t c = ctr + static_cast<uint64_t>(l);
     lo32[l] = static_cast<uint32_t>(c);
     hi32[l] = static_cast<uint32_t>(c >> 32);
   }
@@ -190,17 +195,30 @@ inline void philox_word0_x8(uint64_t seed, uint64_t ctr0, uint32_t* out) {
     k0 = _mm256_add_epi32(k0, w0);
     k1 = _mm256_add_epi32(k1, w1);
   }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), c0);
+  // 4 x 8 -> 8 x 4: interleave the words of each counter
+  const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+  const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  __m256i* o = reinterpret_cast<__m256i*>(out);
+  _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u1, 0x20));  // counters 0, 1
+  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u2, u3, 0x20));  // 2, 3
+  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u0, u1, 0x31));  // 4, 5
+  _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u2, u3, 0x31));  // 6, 7
 }
 #endif
 
-// the words of n consecutive counters ctr0 .. ctr0+n-1
-inline void philox_row(uint64_t seed, uint64_t ctr0, int64_t n, uint32_t* out) {
-  int64_t c = 0;
+// The words of the n consecutive elements c0 .. c0+n-1 (n >= 1). scratch holds at
+// least n + 40 words; the result is a pointer into it.
+inline const uint32_t* philox_row(uint64_t seed, uint64_t c0, int64_t n, uint32_t* scratch) {
+  const uint64_t first = c0 >> 2, last = (c0 + static_cast<uint64_t>(n) - 1) >> 2;
+  const int64_t nctr = static_cast<int64_t>(last - first) + 1;
+  int64_t q = 0;
 #if defined(__AVX2__)
-  for (; c + 8 <= n; c += 8) philox_word0_x8(seed, ctr0 + static_cast<uint64_t>(c), out + c);
+  for (; q + 8 <= nctr; q += 8) philox4_x8(seed, first + static_cast<uint64_t>(q), scratch + 4 * q);
 #endif
-  for (; c < n; ++c) out[c] = philox_word0(seed, ctr0 + static_cast<uint64_t>(c));
+  for (; q < nctr; ++q) philox4(seed, first + static_cast<uint64_t>(q), scratch + 4 * q);
+  return scratch + (c0 & 3);
 }
 
 // ---- the problem, in the normalized 4-D layout --------------------------------------
@@ -251,15 +269,17 @@ struct Problem {
     for (int64_t c = nv; c < npad; ++c) s[c] = ninf;
   }
 
-  // The dropout factors of row i, keys j0 .. j0+kn: keep_scale or 0.
+  // The dropout factors of row i, keys j0 .. j0+kn: keep_scale or 0 (words: a scratch
+  // of at least kn + 40).
   void dropout_row(int64_t b, int64_t h, int64_t i, int64_t j0, int64_t kn, uint32_t* words, A* z) const {
     if (drop_all) {
       for (int64_t c = 0; c < kn; ++c) z[c] = A(0);
       return;
     }
-    const uint64_t ctr = static_cast<uint64_t>(((b * Hq + h) * Lq + i) * Lk + j0);
-    philox_row(seed, ctr, kn, words);
-    for (int64_t c = 0; c < kn; ++c) z[c] = words[c] >= thresh ? keep_scale : A(0);
+    if (kn <= 0) return;
+    const uint64_t c0 = static_cast<uint64_t>(((b * Hq + h) * Lq + i) * Lk + j0);
+    const uint32_t* wd = philox_row(seed, c0, kn, words);
+    for (int64_t c = 0; c < kn; ++c) z[c] = wd[c] >= thresh ? keep_scale : A(0);
   }
 };
 
@@ -354,7 +374,7 @@ void forward(const Problem<T>& P, T* out, Acc<T>* lse) {
     A* m = w.m.get(BQ);
     A* l = w.l.get(BQ);
     A* z = w.di.get(BK);
-    uint32_t* words = w.rnd.get(BK);
+    uint32_t* words = w.rnd.get(BK + 40);
     P.pack_q_scaled(b, h, i0, qn, qs);
     std::fill(o, o + BQ * DvP, A(0));
     std::fill(m, m + BQ, ninf);
@@ -464,7 +484,7 @@ void backward(const Problem<T>& P, const Grads<T>& G) {
     A* dps = w.dps.get(BB * BB);
     A* ap = w.ps.get(BB * BB);
     A* z = w.l.get(BB);
-    uint32_t* words = w.rnd.get(BB);
+    uint32_t* words = w.rnd.get(BB + 40);
     A* dkacc = w.dk.get(SK * DP);
     A* dvacc = w.dv.get(SK * DvP);
     A* dqacc = w.dq.get(LqP * DP);
