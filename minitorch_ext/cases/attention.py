@@ -145,11 +145,11 @@ def make_sample(B, Hq, Hkv, Lq, Lk, D, Dv, layout="contig", mask=None, mshape="f
 
 FIXED = [
     # B, Hq, Hkv, Lq, Lk, D, Dv, layout, mask, mshape, causal, scale, gqa
-    (2, 2, 2, 5, 7, 4, 4, "contig", None, "full", False, None, False),
+    (1, 2, 2, 5, 7, 4, 4, "contig", None, "full", False, None, False),
     (1, 2, 2, 7, 5, 3, 3, "blhd", None, "full", True, None, False),           # causal, Lq > Lk
     (2, 2, 2, 4, 6, 3, 5, "hbld", "float", "LL", False, None, False),         # mask grad, broadcast, Dv != D
     (2, 3, 3, 5, 4, 2, 2, "contig", "float", "1H1L", False, 0.7, False),
-    (2, 2, 2, 6, 5, 3, 2, "dstride", "bool_empty", "B1LL", False, None, False),  # empty rows
+    (2, 1, 1, 6, 5, 3, 2, "dstride", "bool_empty", "B1LL", False, None, False),  # empty rows
     (1, 4, 2, 3, 5, 4, 3, "3d", None, "full", False, 0.6, True),              # GQA, 3-D
     (2, 2, 1, 5, 3, 2, 2, "5d", "float_inf", "full", False, None, True),      # MQA, 5-D, -inf entries
     (1, 2, 2, 5, 6, 3, 3, "hbld", None, "full", True, 0.25, False),          # causal, custom scale, Lq < Lk
@@ -205,6 +205,8 @@ def _strategy(backend: str):
         layout = data(st.sampled_from(LAYOUTS))
         causal = data(st.integers(0, 3)) == 0
         mask = None if causal else data(st.sampled_from(MASKS))
+        if mask == "float" and Lq * Lk == 0:
+            mask = "float_inf"   # torch gives no gradient (None) to an empty mask: nothing to compare with
         mshape = data(st.sampled_from(MSHAPES))
         scale = data(st.sampled_from((None, None, 0.3, 2.0)))
         return make_sample(B, Hq, Hkv, Lq, Lk, D, Dv, layout, mask, mshape, causal, scale, gqa,
