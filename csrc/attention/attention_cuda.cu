@@ -57,8 +57,8 @@
 // Lk == 0) gives O = 0 and logsumexp = +inf, and backward P = exp2(s - lse) is then
 // exactly 0, dS is set to 0 where P is 0 (no 0 * inf). dropout_p == 1 keeps nothing
 // (1/(1-p) is never formed). No atomics, no split reductions: bitwise repeatable.
-// Dropout: element (b, h, i, j) is dropped iff word 0 of
-// Philox4x32-10(key = seed, counter = c) < thresh, c = ((b*Hq + h)*Lq + i)*Lk + j,
+// Dropout: element (b, h, i, j) is dropped iff word c & 3 of
+// Philox4x32-10(key = seed, counter = c >> 2) < thresh, c = ((b*Hq + h)*Lq + i)*Lk + j,
 // regenerated identically in forward and both backward kernels (matches
 // minitorch_ext/_philox.py, the CPU and the Triton kernels bit for bit).
 //
@@ -155,9 +155,11 @@ __device__ __forceinline__ A pinf() {
 constexpr double kLog2e = 1.4426950408889634074;
 constexpr double kLn2 = 0.69314718055994530942;
 
-// Word 0 of Philox4x32-10, key (k0, k1), counter (c lo, c hi, 0, 0).
+// The dropout word of element c: word c & 3 of Philox4x32-10 with key (k0, k1) and
+// counter (n lo, n hi, 0, 0), n = c >> 2 (four elements share one evaluation).
 __device__ __forceinline__ uint32_t philox_w0(uint32_t k0, uint32_t k1, uint64_t c) {
-  uint32_t c0 = static_cast<uint32_t>(c), c1 = static_cast<uint32_t>(c >> 32), c2 = 0, c3 = 0;
+  const uint64_t n = c >> 2;
+  uint32_t c0 = static_cast<uint32_t>(n), c1 = static_cast<uint32_t>(n >> 32), c2 = 0, c3 = 0;
 #pragma unroll
   for (int r = 0; r < 10; ++r) {
     const uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
@@ -170,7 +172,8 @@ __device__ __forceinline__ uint32_t philox_w0(uint32_t k0, uint32_t k1, uint64_t
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  return c0;
+  const uint32_t w = static_cast<uint32_t>(c & 3);
+  return w == 0 ? c0 : (w == 1 ? c1 : (w == 2 ? c2 : c3));
 }
 
 // Everything a launch needs. Strides in elements; outputs contiguous.
