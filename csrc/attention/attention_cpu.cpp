@@ -506,7 +506,9 @@ void backward(const Problem<T>& P, const Grads<T>& G) {
           A acc = 0;
           const T* gr = gob + i * G.gos[2];
           const T* orow = ob + i * Dv;
-          for (int64_t d = 0; d < Dv; ++d) acc += static_cast<A>(gr[d * G.gos[3]]) * static_cast<A>(orow[d]);
+          // the same chain of FMAs from 0 over d as the register tile forms dP_ij = dO_i . V_j
+          // with: where O_i equals a row of V (a row with one key), dP - Di is exactly 0
+          for (int64_t d = 0; d < Dv; ++d) acc = std::fma(static_cast<A>(gr[d * G.gos[3]]), static_cast<A>(orow[d]), acc);
           di[i] = acc;
         }
       }
