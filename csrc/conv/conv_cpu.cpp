@@ -65,6 +65,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -736,6 +737,55 @@ at::Tensor flip_transpose_weight(const at::Tensor& w, int64_t G) {
   return wt;
 }
 
+// Strided grad_input without the zeros of the input dilation: the output rows
+// ih = rh + s*t of one phase rh only meet the taps i' with (rh + i'*d - pad) % s == 0,
+// which form a sub-kernel (every step-th tap, step = s/gcd(s,d)) read with
+// dilation d/gcd(s,d) from go: a plain stride-1 conv per phase (sh*sw of them),
+// each written into its rows and columns of gi. No wasted FMAs on zeros.
+struct Phase {
+  int64_t first = 0, taps = 0, step = 1, dil = 1, pad = 0, out = 0;
+};
+Phase make_phase(int64_t r, int64_t in_go, int64_t out_total, int64_t k, int64_t s, int64_t d, int64_t pad_begin) {
+  Phase ph;
+  ph.out = out_total > r ? (out_total - r + s - 1) / s : 0;
+  const int64_t g = std::gcd(s, d);
+  ph.step = s / g;
+  ph.dil = d / g;
+  ph.first = -1;
+  for (int64_t i = 0; i < std::min(k, ph.step); ++i) {
+    const int64_t v = r + i * d - pad_begin;
+    if (((v % s) + s) % s == 0) { ph.first = i; break; }
+  }
+  if (ph.first < 0) { ph.taps = 0; return ph; }
+  ph.taps = (k - ph.first + ph.step - 1) / ph.step;
+  const int64_t v0 = r + ph.first * d - pad_begin;  // divisible by s
+  const int64_t u0 = v0 >= 0 ? v0 / s : -((-v0) / s);
+  ph.pad = -u0;
+  (void)in_go;
+  return ph;
+}
+
+template <typename T>
+void grad_input_phases(const at::Tensor& go, const at::Tensor& wt, const Params& p, int64_t H, int64_t W,
+                       at::Tensor& gi, bool cl) {
+  const int64_t N = go.size(0), Ci = wt.size(0), kh = wt.size(2), kw = wt.size(3);
+  const int64_t Ho = go.size(2), Wo = go.size(3);
+  for (int64_t rh = 0; rh < p.sh; ++rh)
+    for (int64_t rw = 0; rw < p.sw; ++rw) {
+      const Phase ph = make_phase(rh, Ho, H, kh, p.sh, p.dh, p.dh * (kh - 1) - p.pt);
+      const Phase pw = make_phase(rw, Wo, W, kw, p.sw, p.dw, p.dw * (kw - 1) - p.pl);
+      if (ph.out == 0 || pw.out == 0) continue;
+      auto dst = gi.slice(2, rh, H, p.sh).slice(3, rw, W, p.sw);
+      if (ph.taps == 0 || pw.taps == 0) { dst.zero_(); continue; }
+      const auto sub = wt.slice(2, ph.first, kh, ph.step).slice(3, pw.first, kw, pw.step).contiguous();
+      const Axis bh = make_axis(Ho, ph.out, ph.taps, 1, ph.pad, ph.dil, 1, PadMode::Zeros);
+      const Axis bw = make_axis(Wo, pw.out, pw.taps, 1, pw.pad, pw.dil, 1, PadMode::Zeros);
+      auto tmp = new_out4(N, Ci, ph.out, pw.out, cl, go.options());
+      conv_core<T>(go, sub, nullptr, bh, bw, p.G, Act::None, 0.0, tmp, cl);
+      dst.copy_(tmp);
+    }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_output, const at::Tensor& input,
                                                         const at::Tensor& weight, at::IntArrayRef stride,
                                                         at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -772,7 +822,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_o
     using T = scalar_t;
     if (output_mask[0]) {
       const auto wt = flip_transpose_weight(weight, p.G);
-      if (p.mode == PadMode::Zeros) {
+      if (p.mode == PadMode::Zeros && (p.sh > 1 || p.sw > 1)) {
+        grad_input_phases<T>(go, wt, p, H, W, gi, cl);
+      } else if (p.mode == PadMode::Zeros) {
         const Axis bh = make_axis(Ho, H, kh, 1, p.dh * (kh - 1) - p.pt, p.dh, p.sh, PadMode::Zeros);
         const Axis bw = make_axis(Wo, W, kw, 1, p.dw * (kw - 1) - p.pl, p.dw, p.sw, PadMode::Zeros);
         conv_core<T>(go, wt, nullptr, bh, bw, p.G, Act::None, 0.0, gi, cl);
