@@ -1,7 +1,8 @@
 """Drop-in modules."""
 from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from .conv import Conv1d, Conv2d
 from .linear import Linear
 from .normalization import LayerNorm, RMSNorm
 
 __all__ = ["LayerNorm", "RMSNorm", "Linear", "ReLU", "LeakyReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax",
-           "LogSoftmax"]
+           "LogSoftmax", "Conv1d", "Conv2d"]
