@@ -29,6 +29,7 @@ FAMILIES: dict[str, str | Callable] = {
     "linear": "minitorch_ext.bench.gemm:linear",
 }
 FAMILIES["activation"] = "minitorch_ext.bench.activation:activation"
+FAMILIES["conv"] = "minitorch_ext.bench.conv:conv"
 
 
 def register(name: str):
