@@ -133,8 +133,9 @@ TORCH_LIBRARY(minitorch_ext, m) {
   //   all -inf, or Lk == 0) has output 0, logsumexp +inf and zero gradients.
   //   Dropout (dropout_p > 0): element (b, h, i, j) of P is dropped iff
   //     philox4x32_10(key = (seed & 0xffffffff, seed >> 32),
-  //                   counter = (c & 0xffffffff, c >> 32, 0, 0))[0] < thresh,
-  //     c = ((b*Hq + h)*Lq + i)*Lk + j,  thresh = min(floor(dropout_p * 2^32), 2^32 - 1)
+  //                   counter = (n & 0xffffffff, n >> 32, 0, 0))[c & 3] < thresh,
+  //     c = ((b*Hq + h)*Lq + i)*Lk + j,  n = c >> 2 (four elements per evaluation),
+  //     thresh = min(floor(dropout_p * 2^32), 2^32 - 1)
   //   (minitorch_ext/_philox.py is the reference), kept ones scaled by 1/(1-p);
   //   dropout_p == 1 drops everything (output 0). The mask is regenerated in
   //   backward, never stored.

@@ -10,12 +10,12 @@ onto it and registers these functions as ops):
     (True = takes part) or query's dtype (added to the scaled scores)
     S = scale * Q K^T + mask, causal keeps key j <= query i (top-left aligned),
     P = softmax(S) per row; a row with no key left: output 0, logsumexp +inf,
-    zero gradients. Dropout: element (b, h, i, j) of P dropped iff word 0 of
-    Philox4x32-10(key = seed, counter = (c lo, c hi, 0, 0)) < thresh,
+    zero gradients. Dropout: element (b, h, i, j) of P dropped iff word c & 3 of
+    Philox4x32-10(key = seed, counter = (n lo, n hi, 0, 0)) < thresh, n = c >> 2,
     c = ((b*Hq + h)*Lq + i)*Lk + j, thresh = min(floor(p * 2^32), 2^32 - 1)
     (p == 1 drops everything); kept elements scaled by 1/(1-p).
     minitorch_ext/_philox.py is the NumPy reference; tl.philox(seed, c0, c1, 0, 0)
-    is the same generator (word 0), so the mask is regenerated, never stored.
+    is the same generator (its four words), so the mask is regenerated, never stored.
 
 Algorithm
     Forward (_fwd_kernel): one program per (query block of BLOCK_M rows, b*Hq + h).
@@ -227,7 +227,14 @@ def _cls(dtype) -> str:
 # --------------------------------------------------------------------------
 # device helpers
 # --------------------------------------------------------------------------
-@triton.jit
+# Under the interpreter every call of a nested @triton.jit function re-patches
+# triton.language (~5 ms a call, several calls per loop step): there the helpers
+# below are plain Python functions, which the interpreted kernel calls with the
+# same (already patched) tl. Compiled kernels get ordinary @triton.jit helpers.
+_helper = (lambda fn: fn) if _interpreting() else triton.jit
+
+
+@_helper
 def _mm(a, b, FP64: tl.constexpr, PRECISION: tl.constexpr, WIDEN_BF16: tl.constexpr):
     """a [M, K] @ b [K, N] in the accumulation type. FP64: no tl.dot (see the
     module docstring): the [M, K, N] broadcast product summed over K."""
@@ -240,7 +247,7 @@ def _mm(a, b, FP64: tl.constexpr, PRECISION: tl.constexpr, WIDEN_BF16: tl.conste
         return tl.dot(a, b, input_precision=PRECISION, out_dtype=tl.float32)
 
 
-@triton.jit
+@_helper
 def _lowp(x, like, WIDEN_BF16: tl.constexpr):
     """x rounded to the dtype of `like` (a 16-bit operand) before an MMA. Under
     the interpreter's bf16 path: bf16 values kept as float32 (rounded to nearest,
@@ -251,7 +258,7 @@ def _lowp(x, like, WIDEN_BF16: tl.constexpr):
         return x.to(like.dtype)
 
 
-@triton.jit
+@_helper
 def _exp2(x, FP64: tl.constexpr):
     if FP64:
         return tl.exp(x * 0.6931471805599453)
@@ -259,7 +266,7 @@ def _exp2(x, FP64: tl.constexpr):
         return tl.exp2(x)
 
 
-@triton.jit
+@_helper
 def _log2(x, FP64: tl.constexpr):
     if FP64:
         return tl.log(x) * 1.4426950408889634
@@ -267,7 +274,7 @@ def _log2(x, FP64: tl.constexpr):
         return tl.log2(x)
 
 
-@triton.jit
+@_helper
 def _scores(s, offs_m, offs_n, Lq, Lk, Mask, mbase, smm, smn, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr):
     """Scaled scores s [BM, BN] -> + additive mask, -inf where a key does not
     take part (padding, bool mask, causal). Predicates only (no 0*inf)."""
@@ -284,14 +291,17 @@ def _scores(s, offs_m, offs_n, Lq, Lk, Mask, mbase, smm, smn, MASK_KIND: tl.cons
     return tl.where(valid, s, float("-inf"))
 
 
-@triton.jit
+@_helper
 def _keep(seed, thresh, bh, offs_m, offs_n, Lq, Lk):
     """The dropout keep mask [BM, BN] of rows offs_m, keys offs_n of head bh = b*Hq + h."""
     c = (bh.to(tl.int64) * Lq + offs_m[:, None].to(tl.int64)) * Lk + offs_n[None, :].to(tl.int64)
-    c0 = (c & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (c >> 32).to(tl.uint32)
+    n = c >> 2  # element c: word c & 3 of the evaluation at counter c >> 2
+    c0 = (n & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (n >> 32).to(tl.uint32)
     z = c0 * 0
-    r, _, _, _ = tl.philox(seed, c0, c1, z, z)
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, z, z)
+    w = c & 3
+    r = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
     return r.to(tl.int64) >= thresh
 
 
@@ -429,7 +439,7 @@ def _bwd_pre_kernel(O, DO, Delta, sob, soh, som, sod, sdb, sdh, sdm, sdd, Hq, Lq
     tl.store(Delta + bh.to(tl.int64) * Lq + offs_m, tl.sum(o * do, 1), mask=offs_m < Lq)
 
 
-@triton.jit
+@_helper
 def _probs(s, lse, FP64: tl.constexpr):
     """P = exp(S - lse) from masked scaled scores s and the forward's lse
     (+inf on empty rows: P = 0 there, no NaN)."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for the lent GPU machine (the device tool), inside ~8 minutes:
+# One prepared check for the lent GPU machine (the device tool), inside ~10 minutes:
 #   build the extension with CUDA for sm_90, run the CUDA-marked tests for the
 #   CUDA and Triton backends, benchmark on cuda against native torch, and write
 #   everything under $OUT (summary.txt is the table to read first).
@@ -43,6 +43,14 @@ if [ -f scripts/gpu_gemm_triton.py ]; then
   timeout 90 $PY scripts/gpu_gemm_triton.py > "$OUT/gemm_triton.txt" 2>&1
   say "triton gemm (rc=$?, $(( $(date +%s) - t0 )) s):"
   tail -20 "$OUT/gemm_triton.txt" | tee -a "$summary"
+fi
+
+t0=$(date +%s)
+# the Triton attention kernels on cuda against F.scaled_dot_product_attention and float64
+if [ -f scripts/gpu_attention_triton.py ]; then
+  timeout 120 $PY scripts/gpu_attention_triton.py > "$OUT/attention_triton.txt" 2>&1
+  say "triton attention (rc=$?, $(( $(date +%s) - t0 )) s):"
+  tail -24 "$OUT/attention_triton.txt" | tee -a "$summary"
 fi
 
 t0=$(date +%s)

@@ -30,7 +30,10 @@
 //   FA2 splits dQ into a second pass (or uses atomics) because a GPU needs more
 //   parallelism than B*H; with two to a few dozen CPU threads, B*Hkv tasks are
 //   usually enough, and we save the two recomputed products a separate dQ pass
-//   costs. The price: B*Hkv = 1 runs the backward on one thread.
+//   costs. When B*Hkv < 8 the keys are cut into up to 8/(B*Hkv) segments, one
+//   task each (dK, dV of its keys, a partial dQ), and the partial dQs are summed
+//   in segment order afterwards: the segment count depends on the shapes only,
+//   so the result is still the same for any thread count.
 //   attention_weights: S and P = exp(logits - lse) per (b, h, query block).
 //
 // Memory traffic. Forward: Q and O once, K and V once per query block (from
@@ -130,9 +133,11 @@ struct Blocks {
   static constexpr int64_t BB = LCM * ceil_div(48, LCM);  // backward block (rows and keys)
 };
 
-// ---- dropout: Philox4x32-10, word 0 (minitorch_ext/_philox.py is the reference) ----
+// ---- dropout: Philox4x32-10 (minitorch_ext/_philox.py is the reference) ---------------
+// Element c (the linear index of (b, h, i, j)) uses word c % 4 of the counter c / 4:
+// one evaluation (ten rounds of two 32x32->64 multiplies) serves four neighbours.
 
-inline uint32_t philox_word0(uint64_t seed, uint64_t ctr) {
+inline void philox4(uint64_t seed, uint64_t ctr, uint32_t out[4]) {
   uint32_t c0 = static_cast<uint32_t>(ctr), c1 = static_cast<uint32_t>(ctr >> 32), c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < 10; ++r) {
@@ -146,7 +151,10 @@ inline uint32_t philox_word0(uint64_t seed, uint64_t ctr) {
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  return c0;
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
 }
 
 #if defined(__AVX2__)
@@ -158,12 +166,12 @@ inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
 }
 
-// word 0 of Philox4x32-10 for the 8 counters ctr0 .. ctr0+7, eight lanes at a time
-// (the scalar philox_word0, bit for bit)
-inline void philox_word0_x8(uint64_t seed, uint64_t ctr0, uint32_t* out) {
+// the four words of the 8 counters ctr .. ctr+7, eight lanes at a time (philox4, bit
+// for bit), stored counter-major: out[4*l + w] = word w of counter ctr + l
+inline void philox4_x8(uint64_t seed, uint64_t ctr, uint32_t* out) {
   alignas(32) uint32_t lo32[8], hi32[8];
   for (int l = 0; l < 8; ++l) {
-    const uint64_t c = ctr0 + static_cast<uint64_t>(l);
+    const uint64_t c = ctr + static_cast<uint64_t>(l);
     lo32[l] = static_cast<uint32_t>(c);
     hi32[l] = static_cast<uint32_t>(c >> 32);
   }
@@ -187,17 +195,30 @@ inline void philox_word0_x8(uint64_t seed, uint64_t ctr0, uint32_t* out) {
     k0 = _mm256_add_epi32(k0, w0);
     k1 = _mm256_add_epi32(k1, w1);
   }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), c0);
+  // 4 x 8 -> 8 x 4: interleave the words of each counter
+  const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+  const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  __m256i* o = reinterpret_cast<__m256i*>(out);
+  _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u1, 0x20));  // counters 0, 1
+  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u2, u3, 0x20));  // 2, 3
+  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u0, u1, 0x31));  // 4, 5
+  _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u2, u3, 0x31));  // 6, 7
 }
 #endif
 
-// the words of n consecutive counters ctr0 .. ctr0+n-1
-inline void philox_row(uint64_t seed, uint64_t ctr0, int64_t n, uint32_t* out) {
-  int64_t c = 0;
+// The words of the n consecutive elements c0 .. c0+n-1 (n >= 1). scratch holds at
+// least n + 40 words; the result is a pointer into it.
+inline const uint32_t* philox_row(uint64_t seed, uint64_t c0, int64_t n, uint32_t* scratch) {
+  const uint64_t first = c0 >> 2, last = (c0 + static_cast<uint64_t>(n) - 1) >> 2;
+  const int64_t nctr = static_cast<int64_t>(last - first) + 1;
+  int64_t q = 0;
 #if defined(__AVX2__)
-  for (; c + 8 <= n; c += 8) philox_word0_x8(seed, ctr0 + static_cast<uint64_t>(c), out + c);
+  for (; q + 8 <= nctr; q += 8) philox4_x8(seed, first + static_cast<uint64_t>(q), scratch + 4 * q);
 #endif
-  for (; c < n; ++c) out[c] = philox_word0(seed, ctr0 + static_cast<uint64_t>(c));
+  for (; q < nctr; ++q) philox4(seed, first + static_cast<uint64_t>(q), scratch + 4 * q);
+  return scratch + (c0 & 3);
 }
 
 // ---- the problem, in the normalized 4-D layout --------------------------------------
@@ -248,15 +269,17 @@ struct Problem {
     for (int64_t c = nv; c < npad; ++c) s[c] = ninf;
   }
 
-  // The dropout factors of row i, keys j0 .. j0+kn: keep_scale or 0.
+  // The dropout factors of row i, keys j0 .. j0+kn: keep_scale or 0 (words: a scratch
+  // of at least kn + 40).
   void dropout_row(int64_t b, int64_t h, int64_t i, int64_t j0, int64_t kn, uint32_t* words, A* z) const {
     if (drop_all) {
       for (int64_t c = 0; c < kn; ++c) z[c] = A(0);
       return;
     }
-    const uint64_t ctr = static_cast<uint64_t>(((b * Hq + h) * Lq + i) * Lk + j0);
-    philox_row(seed, ctr, kn, words);
-    for (int64_t c = 0; c < kn; ++c) z[c] = words[c] >= thresh ? keep_scale : A(0);
+    if (kn <= 0) return;
+    const uint64_t c0 = static_cast<uint64_t>(((b * Hq + h) * Lq + i) * Lk + j0);
+    const uint32_t* wd = philox_row(seed, c0, kn, words);
+    for (int64_t c = 0; c < kn; ++c) z[c] = wd[c] >= thresh ? keep_scale : A(0);
   }
 };
 
@@ -351,7 +374,7 @@ void forward(const Problem<T>& P, T* out, Acc<T>* lse) {
     A* m = w.m.get(BQ);
     A* l = w.l.get(BQ);
     A* z = w.di.get(BK);
-    uint32_t* words = w.rnd.get(BK);
+    uint32_t* words = w.rnd.get(BK + 40);
     P.pack_q_scaled(b, h, i0, qn, qs);
     std::fill(o, o + BQ * DvP, A(0));
     std::fill(m, m + BQ, ninf);
@@ -423,53 +446,72 @@ void backward(const Problem<T>& P, const Grads<T>& G) {
   using BL = Blocks<A>;
   constexpr int64_t NR = BL::NR, BB = BL::BB;
   const int64_t D = P.D, Dv = P.Dv, Lq = P.Lq, Lk = P.Lk, D1 = std::max<int64_t>(D, 1);
-  const int64_t DP = ceil_div(D1, NR) * NR, DvP = ceil_div(std::max<int64_t>(Dv, 1), NR) * NR;
+  const int64_t Dv1 = std::max<int64_t>(Dv, 1);
+  const int64_t DP = ceil_div(D1, NR) * NR, DvP = ceil_div(Dv1, NR) * NR;
   const int64_t nqb = ceil_div(Lq, BB), nkb = ceil_div(Lk, BB);
-  const int64_t LqP = nqb * BB, LkP = nkb * BB;
+  const int64_t LqP = nqb * BB;
   const bool want_kv = G.dk != nullptr || G.dv != nullptr || G.dmask != nullptr;
-  run_tasks(P.B * P.Hkv, [&](int64_t t) {
-    const int64_t b = t / P.Hkv, hk = t % P.Hkv;
+  // Key segments: with fewer than 8 (b, hkv) pairs, the keys are cut into up to
+  // 8 / (B*Hkv) segments, one task each, so that small batches still use the
+  // threads; each segment then leaves a partial dQ, summed below in segment
+  // order. The count depends on the problem only, never on the thread count.
+  const int64_t BHk = P.B * P.Hkv;
+  int64_t nseg = (BHk >= 8 || nkb <= 1) ? 1 : std::min(nkb, ceil_div(8, std::max<int64_t>(BHk, 1)));
+  const int64_t segkb = nseg > 1 ? ceil_div(nkb, nseg) : std::max<int64_t>(nkb, 1);
+  nseg = nkb > 0 ? ceil_div(nkb, segkb) : 1;
+  const int64_t SK = segkb * BB;  // keys per segment (rows of the dK/dV accumulators)
+  at::Tensor dq_part;
+  A* dqp = nullptr;
+  if (nseg > 1 && G.dq) {
+    dq_part = cached_empty_cpu({P.B * P.Hq * nseg * Lq * D}, at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
+    dqp = dq_part.data_ptr<A>();
+  }
+  run_tasks(BHk * nseg, [&](int64_t t) {
+    const int64_t seg = t % nseg, b = (t / nseg) / P.Hkv, hk = (t / nseg) % P.Hkv;
+    const int64_t kb0 = seg * segkb, kb1 = std::min(nkb, kb0 + segkb), jseg = kb0 * BB;
     auto& w = work<A>();
     // per head of the group: Q and dO as A strips and B panels, Di
     A* qst = w.qs.get(LqP * D1);
     A* qpn = w.qp.get(LqP * DP);
-    A* dost = w.dos.get(LqP * std::max<int64_t>(Dv, 1));
+    A* dost = w.dos.get(LqP * Dv1);
     A* dopn = w.dop.get(LqP * DvP);
     A* di = w.di.get(LqP);
     // per key block: K^T and V^T panels (for S and dP), K panels (for dQ)
     A* ktp = w.ks.get(BB * D1);
-    A* vtp = w.vs.get(BB * std::max<int64_t>(Dv, 1));
+    A* vtp = w.vs.get(BB * Dv1);
     A* kpn = w.kp.get(BB * DP);
     A* s = w.s.get(BB * BB);
     A* dps = w.dps.get(BB * BB);
     A* ap = w.ps.get(BB * BB);
     A* z = w.l.get(BB);
-    uint32_t* words = w.rnd.get(BB);
-    A* dkacc = w.dk.get(LkP * DP);
-    A* dvacc = w.dv.get(LkP * DvP);
+    uint32_t* words = w.rnd.get(BB + 40);
+    A* dkacc = w.dk.get(SK * DP);
+    A* dvacc = w.dv.get(SK * DvP);
     A* dqacc = w.dq.get(LqP * DP);
-    std::fill(dkacc, dkacc + LkP * DP, A(0));
-    std::fill(dvacc, dvacc + LkP * DvP, A(0));
+    std::fill(dkacc, dkacc + SK * DP, A(0));
+    std::fill(dvacc, dvacc + SK * DvP, A(0));
+    // causal: only the query blocks with a row >= the segment's first key
+    const int64_t qbs = P.causal ? std::min(nqb, jseg / BB) : 0;
     for (int64_t h = hk * P.group; h < (hk + 1) * P.group; ++h) {
       const T* gob = G.go + b * G.gos[0] + h * G.gos[1];
       const T* ob = G.o + (b * P.Hq + h) * Lq * Dv;
       const A* lseb = G.lse + (b * P.Hq + h) * Lq;
-      for (int64_t qb = 0; qb < nqb; ++qb) {
+      for (int64_t qb = qbs; qb < nqb; ++qb) {
         const int64_t i0 = qb * BB, qn = std::min(BB, Lq - i0);
         P.pack_q_scaled(b, h, i0, qn, qst + i0 * D1);
         gemm::pack_b<T>(Mat<T>{P.qrow(b, h, i0), P.qs[2], P.qs[3]}, qn, D, qpn + i0 * DP);
-        gemm::pack_a<T>(Mat<T>{gob + i0 * G.gos[2], G.gos[2], G.gos[3]}, qn, Dv, dost + i0 * std::max<int64_t>(Dv, 1));
+        gemm::pack_a<T>(Mat<T>{gob + i0 * G.gos[2], G.gos[2], G.gos[3]}, qn, Dv, dost + i0 * Dv1);
         gemm::pack_b<T>(Mat<T>{gob + i0 * G.gos[2], G.gos[2], G.gos[3]}, qn, Dv, dopn + i0 * DvP);
-      }
-      for (int64_t i = 0; i < Lq; ++i) {
-        A acc = 0;
-        const T* gr = gob + i * G.gos[2];
-        const T* orow = ob + i * Dv;
-        for (int64_t d = 0; d < Dv; ++d) acc += static_cast<A>(gr[d * G.gos[3]]) * static_cast<A>(orow[d]);
-        di[i] = acc;
+        for (int64_t i = i0; i < i0 + qn; ++i) {
+          A acc = 0;
+          const T* gr = gob + i * G.gos[2];
+          const T* orow = ob + i * Dv;
+          for (int64_t d = 0; d < Dv; ++d) acc += static_cast<A>(gr[d * G.gos[3]]) * static_cast<A>(orow[d]);
+          di[i] = acc;
+        }
       }
       std::fill(dqacc, dqacc + LqP * DP, A(0));
-      for (int64_t kb = 0; kb < nkb; ++kb) {
+      for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t j0 = kb * BB, kn = std::min(BB, Lk - j0), npad = ceil_div(kn, NR) * NR;
         gemm::pack_b<T>(Mat<T>{P.krow(b, hk, j0), P.ks[3], P.ks[2]}, D, kn, ktp);
         gemm::pack_b<T>(Mat<T>{P.vrow(b, hk, j0), P.vs[3], P.vs[2]}, Dv, kn, vtp);
@@ -479,10 +521,10 @@ void backward(const Problem<T>& P, const Grads<T>& G) {
           const int64_t i0 = qb * BB, qn = std::min(BB, Lq - i0);
           const A* qs_ = qst + i0 * D1;
           const A* qp_ = qpn + i0 * DP;
-          const A* dos_ = dost + i0 * std::max<int64_t>(Dv, 1);
+          const A* dos_ = dost + i0 * Dv1;
           const A* dop_ = dopn + i0 * DvP;
-          tile_product<A>(qn, kn, D, qs_, ktp, s, BB, false);     // S
-          tile_product<A>(qn, kn, Dv, dos_, vtp, dps, BB, false); // dP
+          tile_product<A>(qn, kn, D, qs_, ktp, s, BB, false);      // S (Q pre-scaled)
+          tile_product<A>(qn, kn, Dv, dos_, vtp, dps, BB, false);  // dP
           for (int64_t r = 0; r < qn; ++r) {
             const int64_t i = i0 + r;
             A* sr = s + r * BB;
@@ -507,33 +549,51 @@ void backward(const Problem<T>& P, const Grads<T>& G) {
           if (want_kv) {
             // dV += (P Z)^T dO : A = (PZ)^T [kn x qn] (strided view of s), B = dO panels
             gemm::pack_a<A>(Mat<A>{s, 1, BB}, kn, qn, ap);
-            tile_product<A>(kn, Dv, qn, ap, dop_, dvacc + j0 * DvP, DvP, true);
+            tile_product<A>(kn, Dv, qn, ap, dop_, dvacc + (j0 - jseg) * DvP, DvP, true);
             // dK += dS^T Q
             gemm::pack_a<A>(Mat<A>{dps, 1, BB}, kn, qn, ap);
-            tile_product<A>(kn, D, qn, ap, qp_, dkacc + j0 * DP, DP, true);
+            tile_product<A>(kn, D, qn, ap, qp_, dkacc + (j0 - jseg) * DP, DP, true);
           }
           // dQ += dS K
           gemm::pack_a<A>(Mat<A>{dps, BB, 1}, qn, kn, ap);
           tile_product<A>(qn, D, kn, ap, kpn, dqacc + i0 * DP, DP, true);
         }
       }
-      if (G.dq) {
+      if (G.dq && nseg == 1) {
         T* dqb = G.dq + (b * P.Hq + h) * Lq * D;
         for (int64_t i = 0; i < Lq; ++i)
           for (int64_t d = 0; d < D; ++d) dqb[i * D + d] = static_cast<T>(dqacc[i * DP + d] * P.scale);
+      } else if (G.dq) {
+        A* part = dqp + ((b * P.Hq + h) * nseg + seg) * Lq * D;
+        for (int64_t i = 0; i < Lq; ++i)
+          for (int64_t d = 0; d < D; ++d) part[i * D + d] = dqacc[i * DP + d];
       }
     }
+    const int64_t jn = std::min(Lk, kb1 * BB) - jseg;  // this segment's keys
     if (G.dk) {
-      T* dkb = G.dk + (b * P.Hkv + hk) * Lk * D;
-      for (int64_t j = 0; j < Lk; ++j)
+      T* dkb = G.dk + ((b * P.Hkv + hk) * Lk + jseg) * D;
+      for (int64_t j = 0; j < jn; ++j)
         for (int64_t d = 0; d < D; ++d) dkb[j * D + d] = static_cast<T>(dkacc[j * DP + d] * P.scale);
     }
     if (G.dv) {
-      T* dvb = G.dv + (b * P.Hkv + hk) * Lk * Dv;
-      for (int64_t j = 0; j < Lk; ++j)
+      T* dvb = G.dv + ((b * P.Hkv + hk) * Lk + jseg) * Dv;
+      for (int64_t j = 0; j < jn; ++j)
         for (int64_t d = 0; d < Dv; ++d) dvb[j * Dv + d] = static_cast<T>(dvacc[j * DvP + d]);
     }
   });
+  if (dqp) {  // dQ = scale * (sum of the segments' partials, in segment order)
+    const int64_t rows = P.B * P.Hq * Lq;
+    at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(D1, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bh = r / Lq, i = r % Lq;
+        for (int64_t d = 0; d < D; ++d) {
+          A acc = 0;
+          for (int64_t sg = 0; sg < nseg; ++sg) acc += dqp[((bh * nseg + sg) * Lq + i) * D + d];
+          G.dq[r * D + d] = static_cast<T>(acc * P.scale);
+        }
+      }
+    });
+  }
 }
 
 // ---- the probabilities (need_weights) -------------------------------------------------

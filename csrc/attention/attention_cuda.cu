@@ -57,8 +57,8 @@
 // Lk == 0) gives O = 0 and logsumexp = +inf, and backward P = exp2(s - lse) is then
 // exactly 0, dS is set to 0 where P is 0 (no 0 * inf). dropout_p == 1 keeps nothing
 // (1/(1-p) is never formed). No atomics, no split reductions: bitwise repeatable.
-// Dropout: element (b, h, i, j) is dropped iff word 0 of
-// Philox4x32-10(key = seed, counter = c) < thresh, c = ((b*Hq + h)*Lq + i)*Lk + j,
+// Dropout: element (b, h, i, j) is dropped iff word c & 3 of
+// Philox4x32-10(key = seed, counter = c >> 2) < thresh, c = ((b*Hq + h)*Lq + i)*Lk + j,
 // regenerated identically in forward and both backward kernels (matches
 // minitorch_ext/_philox.py, the CPU and the Triton kernels bit for bit).
 //
@@ -66,7 +66,21 @@
 // = 18; SIMT 3 kernels x 2 dtypes = 6; delta 4 and weights 4 (one per dtype):
 // 32 kernels in all.
 //
-// Registers (nvcc 13.0, setup.py's flags, -Xptxas -v): see REGISTERS below.
+// Registers (nvcc 13.0, setup.py's nvcc flags + torch's, -Xptxas -v, sm_90; bf16 and
+// fp16 alike; 0 bytes spilled everywhere):
+//                      HD=64   HD=128  HD=256   shared memory (dynamic) at 64/128/256
+//   fwd_tc_kernel       189     254     254      27 / 51 / 85 KB
+//   dkdv_tc_kernel      242     251     244      37 / 51 / 101 KB
+//   dq_tc_kernel        176     170     240      37 / 51 / 101 KB
+//   SIMT fwd / dkdv / dq: f32 113 / 181 / 134, f64 151 / 248 / 165; delta 40, weights 32-39.
+// sm_80 (checked before fwd's Philox call was split out): the same within ~10 registers, but
+// fwd spills 40 B (HD=128) / 216 B (HD=256) and dkdv 20 B / 48 B there.
+// One sm_90 compile of this file takes ~2 min of CPU (2m4s user) on the 2-core build machine.
+// The register counts are high for the accumulator sizes (the unrolled per-element mask,
+// causal and dropout predicates are scheduled for ILP): one block of 4 warps needs 32K
+// registers, so at most 2 blocks per SM. Tuning (register caps, K/V double buffering
+// across iterations, wider key blocks, packed-mask reads) is left for when a GPU can
+// measure it.
 //
 // Headers: c10/cuda only (as norm_cuda.cu and gemm_cuda.cu).
 #include <ATen/ATen.h>
@@ -141,9 +155,11 @@ __device__ __forceinline__ A pinf() {
 constexpr double kLog2e = 1.4426950408889634074;
 constexpr double kLn2 = 0.69314718055994530942;
 
-// Word 0 of Philox4x32-10, key (k0, k1), counter (c lo, c hi, 0, 0).
+// The dropout word of element c: word c & 3 of Philox4x32-10 with key (k0, k1) and
+// counter (n lo, n hi, 0, 0), n = c >> 2 (four elements share one evaluation).
 __device__ __forceinline__ uint32_t philox_w0(uint32_t k0, uint32_t k1, uint64_t c) {
-  uint32_t c0 = static_cast<uint32_t>(c), c1 = static_cast<uint32_t>(c >> 32), c2 = 0, c3 = 0;
+  const uint64_t n = c >> 2;
+  uint32_t c0 = static_cast<uint32_t>(n), c1 = static_cast<uint32_t>(n >> 32), c2 = 0, c3 = 0;
 #pragma unroll
   for (int r = 0; r < 10; ++r) {
     const uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
@@ -156,7 +172,8 @@ __device__ __forceinline__ uint32_t philox_w0(uint32_t k0, uint32_t k1, uint64_t
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  return c0;
+  const uint32_t w = static_cast<uint32_t>(c & 3);
+  return w == 0 ? c0 : (w == 1 ? c1 : (w == 2 ? c2 : c3));
 }
 
 // Everything a launch needs. Strides in elements; outputs contiguous.
@@ -200,11 +217,20 @@ __device__ __forceinline__ bool takes_part(const Params& p, int64_t b, int64_t h
   return true;
 }
 
+// The same, not inlined: the forward tensor-core kernel calls it for 32 elements of an
+// unrolled tile, and 32 inlined copies cost it ~55 registers (243 -> 189 at HD = 64, and
+// no spill at HD = 128 on sm_90); in the backward kernels the call's register saves spill
+// instead, so they inline it.
+__device__ __noinline__ uint32_t philox_w0_call(uint32_t k0, uint32_t k1, uint64_t c) {
+  return philox_w0(k0, k1, c);
+}
+
+template <bool kCall = false>
 __device__ __forceinline__ bool kept(const Params& p, int64_t b, int64_t h, int64_t i, int64_t j) {
   if (!p.dropout) return true;
   if (p.drop_all) return false;
   const uint64_t c = static_cast<uint64_t>(((b * p.Hq + h) * p.Lq + i) * p.Lk + j);
-  return philox_w0(p.seed_lo, p.seed_hi, c) >= p.thresh;
+  return (kCall ? philox_w0_call(p.seed_lo, p.seed_hi, c) : philox_w0(p.seed_lo, p.seed_hi, c)) >= p.thresh;
 }
 
 template <class A>
@@ -462,7 +488,7 @@ __global__ void __launch_bounds__(kThreads) fwd_tc_kernel(const Params p, int64_
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int64_t i = rows[e / 2], j = j0 + n * 8 + 2 * t + (e & 1);
-          if (s[n][e] != 0.f && !kept(p, b, h, i, j)) s[n][e] = 0.f;
+          if (s[n][e] != 0.f && !kept<true>(p, b, h, i, j)) s[n][e] = 0.f;
         }
     }
 #pragma unroll

@@ -30,6 +30,7 @@ FAMILIES: dict[str, str | Callable] = {
 }
 FAMILIES["activation"] = "minitorch_ext.bench.activation:activation"
 FAMILIES["conv"] = "minitorch_ext.bench.conv:conv"
+FAMILIES["attention"] = "minitorch_ext.bench.attention:attention"
 
 
 def register(name: str):

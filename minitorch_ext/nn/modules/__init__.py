@@ -1,8 +1,9 @@
 """Drop-in modules."""
+from .attention import MultiheadAttention
 from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .conv import Conv1d, Conv2d
 from .linear import Linear
 from .normalization import LayerNorm, RMSNorm
 
 __all__ = ["LayerNorm", "RMSNorm", "Linear", "ReLU", "LeakyReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax",
-           "LogSoftmax", "Conv1d", "Conv2d"]
+           "LogSoftmax", "Conv1d", "Conv2d", "MultiheadAttention"]
