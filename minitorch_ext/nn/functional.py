@@ -8,3 +8,7 @@ from ..ops.norm import layer_norm, rms_norm
 __all__ = ["layer_norm", "rms_norm", "linear", "parse_activation", "relu", "relu_", "leaky_relu", "leaky_relu_",
            "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax",
            "scaled_dot_product_attention"]
+from ..ops.pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d,
+                        max_pool2d)
+
+__all__ += ["max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool1d"]
