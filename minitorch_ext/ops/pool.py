@@ -291,8 +291,11 @@ def _avg_pool(fn, input, kernel_size, stride, padding, ceil_mode, count_include_
     if one_d and input.dim() not in (2, 3):
         raise RuntimeError(f"Expected 2 to 3 dimensions, but got {input.dim()}-dimensional tensor for argument #1 "
                            f"'self' (while checking arguments for {fn})")
+    if not one_d and input.dim() < 3:  # torch indexes dim -3 first
+        n = max(input.dim(), 1)
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got -3)")
     if not one_d and input.dim() not in (3, 4):
-        raise RuntimeError(f"non-empty 3D or 4D (batch mode) tensor expected for input")
+        raise RuntimeError("non-empty 3D or 4D (batch mode) tensor expected for input")
     if divisor_override is not None and divisor_override == 0:
         raise RuntimeError("divisor must be not zero")
     x, undo = _as4d(fn, input, one_d)
