@@ -91,6 +91,30 @@ inline void store_idx(const Vectorized<I>& v, int64_t* p) {
   }
 }
 
+// Partial vectors (the last C % V channels of a channels_last pixel) through an L1 buffer.
+template <typename scalar_t>
+inline Vectorized<acc_type<scalar_t>> load_acc_n(const scalar_t* p, int64_t n) {
+  using A = acc_type<scalar_t>;
+  A tmp[Vectorized<A>::size()] = {};
+  for (int64_t l = 0; l < n; ++l) tmp[l] = static_cast<A>(p[l]);
+  return Vectorized<A>::loadu(tmp);
+}
+
+template <typename scalar_t>
+inline void store_acc_n(const Vectorized<acc_type<scalar_t>>& v, scalar_t* p, int64_t n) {
+  using A = acc_type<scalar_t>;
+  A tmp[Vectorized<A>::size()];
+  v.store(tmp);
+  for (int64_t l = 0; l < n; ++l) p[l] = static_cast<scalar_t>(tmp[l]);
+}
+
+template <typename I>
+inline void store_idx_n(const Vectorized<I>& v, int64_t* p, int64_t n) {
+  I tmp[Vectorized<I>::size()];
+  v.store(tmp);
+  for (int64_t l = 0; l < n; ++l) p[l] = tmp[l];
+}
+
 // ---- geometry ---------------------------------------------------------------------
 
 struct Geo {
@@ -415,7 +439,7 @@ void max_fwd_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& ind, const Geo
   const scalar_t* X = x.data_ptr<scalar_t>();
   scalar_t* Y = y.data_ptr<scalar_t>();
   int64_t* IND = ind.data_ptr<int64_t>();
-  const int64_t C = g.C, Cv = (g.H * g.W < (int64_t(1) << 30)) ? C / L * L : 0;
+  const int64_t C = g.C, Cvt = (g.H * g.W < (int64_t(1) << 30)) ? C : 0;  // int32 lane indices
   at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / g.Ho, oh = t % g.Ho;
@@ -431,18 +455,25 @@ void max_fwd_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& ind, const Geo
         int64_t* id = IND + ((n * g.Ho + oh) * g.Wo + ow) * C;
         const int64_t first = ih0 * g.W + iw0;
         int64_t c = 0;
-        for (; c < Cv; c += L) {
+        for (; c < Cvt; c += L) {
+          const int64_t n_c = std::min(L, C - c);  // < L: the tail, through a buffer
           V mv(-std::numeric_limits<A>::infinity());
           VI mi(static_cast<I>(first));
           for (int64_t ih = ih0; ih < ih1; ih += g.dH)
             for (int64_t iw = iw0; iw < iw1; iw += g.dW) {
-              const V v = load_acc(xn + (ih * g.W + iw) * C + c);
+              const scalar_t* q = xn + (ih * g.W + iw) * C + c;
+              const V v = n_c == L ? load_acc(q) : load_acc_n(q, n_c);
               const V m = (v > mv) | v.isnan();
               mv = V::blendv(mv, v, m);
               mi = VI::blendv(mi, VI(static_cast<I>(ih * g.W + iw)), at::vec::cast<I>(m));
             }
-          store_acc<scalar_t>(mv, y + c);
-          store_idx(mi, id + c);
+          if (n_c == L) {
+            store_acc<scalar_t>(mv, y + c);
+            store_idx(mi, id + c);
+          } else {
+            store_acc_n<scalar_t>(mv, y + c, n_c);
+            store_idx_n(mi, id + c, n_c);
+          }
         }
         for (; c < C; ++c) {
           A mv = -std::numeric_limits<A>::infinity();
@@ -571,6 +602,14 @@ void avg_fwd_nhwc(const at::Tensor& x, at::Tensor& y, const Geo& g, const AvgOpt
           for (int64_t ih = ih0; ih < ih1; ++ih)
             for (int64_t iw = iw0; iw < iw1; ++iw) sum = sum + load_acc(xn + (ih * g.W + iw) * C + c);
           store_acc<scalar_t>(sum / V(d), y + c);
+        }
+        if (c < C) {  // the tail as one partial vector
+          const int64_t n_c = C - c;
+          V sum(A(0));
+          for (int64_t ih = ih0; ih < ih1; ++ih)
+            for (int64_t iw = iw0; iw < iw1; ++iw) sum = sum + load_acc_n(xn + (ih * g.W + iw) * C + c, n_c);
+          store_acc_n<scalar_t>(sum / V(d), y + c, n_c);
+          c = C;
         }
         for (; c < C; ++c) {
           A sum = 0;
