@@ -181,4 +181,24 @@ TORCH_LIBRARY(minitorch_ext, m) {
   m.def("conv_bwd(Tensor grad_output, Tensor input, Tensor weight, int[] stride, int[] padding, "
         "int[] dilation, int groups, str padding_mode, bool[3] output_mask) "
         "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // ---- pool family: max / avg / adaptive avg pooling over [N, C, H, W] ----
+  // The kernels see 4-D inputs (minitorch_ext/ops/pool.py maps unbatched and 1-D
+  // inputs onto them: 1-D pools are H = 1), any strides; the output (and indices,
+  // grad_input) keep input.suggest_memory_format() (contiguous or channels_last).
+  // Output sizes are torch's pooling_output_shape (ceil_mode: the last window starts
+  // inside the input or its left padding); float32, float64, bfloat16 (float32 math).
+  // max_pool2d_fwd: indices int64, flat ih*W+iw inside each (n, c) plane, torch's
+  //   scan order and NaN rule (a NaN window gives NaN and its last NaN's index).
+  // max_pool2d_bwd: grad_input[indices] += grad_output, deterministic (no atomics).
+  // avg_pool2d_*: count_include_pad and divisor_override as torch (no dilation).
+  // adaptive_avg_pool2d_*: windows [floor(o*H/Ho), ceil((o+1)*H/Ho)) per dim.
+  m.def("max_pool2d_fwd(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int[2] dilation, bool ceil_mode) -> (Tensor output, Tensor indices)");
+  m.def("max_pool2d_bwd(Tensor grad_output, Tensor input, Tensor indices) -> Tensor");
+  m.def("avg_pool2d_fwd(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("avg_pool2d_bwd(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+        "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d_fwd(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_bwd(Tensor grad_output, Tensor input) -> Tensor");
 }

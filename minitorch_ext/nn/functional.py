@@ -6,6 +6,9 @@ from ..ops.conv import conv1d, conv2d
 from ..ops.linear import linear, parse_activation
 from ..ops.norm import layer_norm, rms_norm
 
+from ..ops.pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d,
+                        max_pool2d)
 __all__ = ["layer_norm", "rms_norm", "linear", "parse_activation", "relu", "relu_", "leaky_relu", "leaky_relu_",
            "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax",
            "scaled_dot_product_attention", "conv1d", "conv2d"]
+__all__ += ["max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool1d"]

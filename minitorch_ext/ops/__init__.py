@@ -8,3 +8,4 @@ from . import linear  # noqa: F401
 from . import activation  # noqa: F401
 from . import attention  # noqa: F401
 from . import conv  # noqa: F401
+from . import pool  # noqa: F401
