@@ -160,4 +160,45 @@ TORCH_LIBRARY(minitorch_ext, m) {
         "Tensor grad_attn_mask)");
   m.def("attention_weights(Tensor query, Tensor key, Tensor? attn_mask, bool is_causal, float scale, "
         "Tensor logsumexp) -> Tensor");
+
+  // ---- conv family: conv1d / conv2d (CPU: csrc/conv/conv_cpu.cpp) ----------------
+  // Always 4-D inside: input [N, C, H, W] (1-D is H == 1, unbatched gets N == 1:
+  // minitorch_ext/ops/conv.py reshapes), weight [O, C/groups, kH, kW], any strides.
+  // stride, dilation: [sH, sW], [dH, dW]; padding: [pH, pW] (symmetric) or
+  // [top, bottom, left, right] ('same' with an even kernel, F.pad-style module
+  // padding); padding_mode "zeros" | "reflect" | "replicate" | "circular" is
+  // applied by the kernels' packing (no padded copy). act: an activation fused into
+  // the epilogue (names as for gemm; "none" for autograd use). The output is
+  // channels_last when input or weight is (torch's rule), else contiguous.
+  // float32, float64, bfloat16 (float32 accumulation).
+  m.def("conv_fwd(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
+        "int groups, str padding_mode, str act) -> Tensor");
+  // conv_bwd: grad_input (the input's memory format, as the forward's output),
+  // grad_weight (contiguous, weight's size), grad_bias ([O]); an entry whose
+  // output_mask is false comes back as an empty [0] tensor. grad_weight and
+  // grad_bias are reduced in a fixed order: bitwise the same for any thread count.
+  // A batch of 0 gives zero grad_weight / grad_bias.
+  m.def("conv_bwd(Tensor grad_output, Tensor input, Tensor weight, int[] stride, int[] padding, "
+        "int[] dilation, int groups, str padding_mode, bool[3] output_mask) "
+        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // ---- pool family: max / avg / adaptive avg pooling over [N, C, H, W] ----
+  // The kernels see 4-D inputs (minitorch_ext/ops/pool.py maps unbatched and 1-D
+  // inputs onto them: 1-D pools are H = 1), any strides; the output (and indices,
+  // grad_input) keep input.suggest_memory_format() (contiguous or channels_last).
+  // Output sizes are torch's pooling_output_shape (ceil_mode: the last window starts
+  // inside the input or its left padding); float32, float64, bfloat16 (float32 math).
+  // max_pool2d_fwd: indices int64, flat ih*W+iw inside each (n, c) plane, torch's
+  //   scan order and NaN rule (a NaN window gives NaN and its last NaN's index).
+  // max_pool2d_bwd: grad_input[indices] += grad_output, deterministic (no atomics).
+  // avg_pool2d_*: count_include_pad and divisor_override as torch (no dilation).
+  // adaptive_avg_pool2d_*: windows [floor(o*H/Ho), ceil((o+1)*H/Ho)) per dim.
+  m.def("max_pool2d_fwd(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int[2] dilation, bool ceil_mode) -> (Tensor output, Tensor indices)");
+  m.def("max_pool2d_bwd(Tensor grad_output, Tensor input, Tensor indices) -> Tensor");
+  m.def("avg_pool2d_fwd(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("avg_pool2d_bwd(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+        "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d_fwd(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_bwd(Tensor grad_output, Tensor input) -> Tensor");
 }

@@ -29,6 +29,7 @@ FAMILIES: dict[str, str | Callable] = {
     "linear": "minitorch_ext.bench.gemm:linear",
 }
 FAMILIES["activation"] = "minitorch_ext.bench.activation:activation"
+FAMILIES["conv"] = "minitorch_ext.bench.conv:conv"
 FAMILIES["attention"] = "minitorch_ext.bench.attention:attention"
 
 
@@ -56,3 +57,4 @@ def get_family(name: str) -> Callable:
 
 
 __all__ = ["FAMILIES", "register", "get_family"]
+FAMILIES["pool"] = "minitorch_ext.bench.pool:pool"

@@ -2,9 +2,13 @@
 from ..ops.attention import scaled_dot_product_attention
 from ..ops.activation import (gelu, leaky_relu, leaky_relu_, log_softmax, relu, relu_, sigmoid, silu,
                               softmax, tanh)
+from ..ops.conv import conv1d, conv2d
 from ..ops.linear import linear, parse_activation
 from ..ops.norm import layer_norm, rms_norm
 
+from ..ops.pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d,
+                        max_pool2d)
 __all__ = ["layer_norm", "rms_norm", "linear", "parse_activation", "relu", "relu_", "leaky_relu", "leaky_relu_",
            "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax",
-           "scaled_dot_product_attention"]
+           "scaled_dot_product_attention", "conv1d", "conv2d"]
+__all__ += ["max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool1d"]

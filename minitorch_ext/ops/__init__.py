@@ -7,3 +7,5 @@ from . import optim  # noqa: F401
 from . import linear  # noqa: F401
 from . import activation  # noqa: F401
 from . import attention  # noqa: F401
+from . import conv  # noqa: F401
+from . import pool  # noqa: F401
