@@ -15,7 +15,7 @@ gradients flow back to the masters:
             "5d"          [2, B/2, H, L, D]
     mask    None | "bool" | "float" (additive, requires grad: its gradient is checked)
             | "bool_empty" (some rows with no key left) | "float_inf" (-inf entries, no grad)
-    mshape  "full" [B, H, Lq, Lk] | "LL" [Lq, Lk] | "B1LL" [B, 1, Lq, Lk] | "1H1L" [1, H, 1, Lk] | "L" [Lk]
+    mshape  "full" [B, H, Lq, Lk] | "LL" [Lq, Lk] | "B1LL" [B, 1, Lq, Lk] | "1H1L" [1, H, 1, Lk] (a 1-D mask: torch raises IndexError)
 
 `reference` is the explicit float64 math (used where torch itself is not the
 reference: scale <= 0 with causal, dropout against the Philox mask).
@@ -35,7 +35,7 @@ HEAD_DIMS = (1, 8, 16, 32, 63, 64, 80, 128, 256)
 LENGTHS = (1, 2, 17, 63, 64, 65, 127, 129)          # 1000: the two big forward tests in tests/
 LAYOUTS = ("contig", "blhd", "hbld", "dstride", "3d", "5d")
 MASKS = (None, "bool", "float", "bool_empty", "float_inf")
-MSHAPES = ("full", "LL", "B1LL", "1H1L", "L")
+MSHAPES = ("full", "LL", "B1LL", "1H1L")  # a 1-D mask is an IndexError in torch (bad inputs)
 
 
 def ours(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -154,7 +154,7 @@ FIXED = [
     (2, 2, 1, 5, 3, 2, 2, "5d", "float_inf", "full", False, None, True),      # MQA, 5-D, -inf entries
     (1, 2, 2, 5, 6, 3, 3, "hbld", None, "full", True, 0.25, False),          # causal, custom scale, Lq < Lk
     (2, 1, 1, 3, 0, 2, 3, "contig", None, "full", False, None, False),        # Lk = 0
-    (1, 1, 1, 1, 1, 1, 1, "contig", "float", "L", False, None, False),
+    (1, 1, 1, 1, 1, 1, 1, "contig", "float", "LL", False, None, False),
 ]
 
 
@@ -258,6 +258,8 @@ def _bad_inputs():
             (lambda: sd(q, k, torch.randn(2, 3, 6, 4)),
              lambda: F.scaled_dot_product_attention(q, k, torch.randn(2, 3, 6, 4)), RuntimeError,
              r"same length.*\[2, 3, 7, 8\].*\[2, 3, 6, 4\]", "key/value lengths differ"),
+            (lambda: sd(q, k, v, attn_mask=B[0]), lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=B[0]),
+             IndexError, r"Dimension out of range", "1-D mask"),
             (lambda: sd(q, k, v, attn_mask=B, is_causal=True),
              lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=B, is_causal=True), RuntimeError,
              r"attn_mask should not be set when is_causal=True", "mask with is_causal"),

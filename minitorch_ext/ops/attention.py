@@ -234,6 +234,10 @@ def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enabl
         if is_causal:
             raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when "
                                "is_causal=True")
+        if attn_mask.dim() < 2:  # torch 2.14 indexes the mask's dim -2 (IndexError), whatever the shapes
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-max(attn_mask.dim(), 1)}, "
+                             f"{max(attn_mask.dim(), 1) - 1}], but got -2): {_FN}: attn_mask must have at least 2 "
+                             f"dims, got shape {list(attn_mask.shape)}")
     if dropout_p > 1.0:
         raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {float(dropout_p)}")
 
