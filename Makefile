@@ -12,7 +12,7 @@ export MAX_JOBS CUDA_HOME TORCH_CUDA_ARCH_LIST
 
 deps:
 	$(PYTHON) -m pip install -q --upgrade "pip>=23" "setuptools>=64" wheel
-	$(PYTHON) -m pip install -q "torch==2.14.1" ninja pytest pytest-xdist "hypothesis>=6" numpy scikit-learn
+	$(PYTHON) -m pip install -q "torch==2.14.1" ninja pytest pytest-xdist pytest-timeout "hypothesis>=6" numpy scikit-learn
 
 build:
 	$(PYTHON) -m pip install -q --no-build-isolation -e .
