@@ -522,9 +522,19 @@ def test_clip_grad_norm_parity(norm_type, max_norm):
     nt = torch.nn.utils.clip_grad_norm_(pt, max_norm, norm_type)
     no = mte.nn.utils.clip_grad_norm_(po, max_norm, norm_type)
     assert no.dtype == nt.dtype and no.shape == nt.shape
-    assert_close_rel(no, nt, 1e-6, "total norm")
-    for a, b in zip(po, pt):
-        assert_close_rel(a.grad, b.grad, 1e-6, "clipped grad")
+    # against the float64 norm, with torch's own error as the scale: torch's float32
+    # sum order depends on its thread count (1-norm of 74k elements: 5e-6 relative
+    # with one thread, 2e-6 with two), so comparing with torch alone measures torch
+    p = {2.0: 2.0, 1.0: 1.0, 3.0: 3.0}.get(norm_type, math.inf)
+    ref = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.grad.double(), p) for t in
+                                                _grads(0)]), p)
+    err_o, err_t = (no.double() - ref).abs().item(), (nt.double() - ref).abs().item()
+    assert err_o <= 4 * err_t + 1e-6 * ref.item(), ("total norm", no.item(), nt.item(), ref.item())
+    coef = min(1.0, max_norm / (ref.item() + 1e-6))   # torch's clip_coef, in float64
+    for a, b, g in zip(po, pt, _grads(0)):
+        want = g.grad.double() * coef
+        e_o, e_t = ((x.grad.double() - want).abs().max().item() for x in (a, b))
+        assert e_o <= 4 * e_t + 1e-6 * want.abs().max().item(), ("clipped grad", e_o, e_t)
     if max_norm > 1e6:  # no clipping: the grads are untouched
         for a, b in zip(po, _grads(0)):
             assert torch.equal(a.grad, b.grad)
