@@ -69,7 +69,7 @@ Interpreter (TRITON_INTERPRET=1, the CPU tests)
     * bf16 tl.dot is wrong there (triton#11584): bf16 tiles are widened to float32
       before tl.dot (WIDEN_BF16; exact), and bf16 stores round to nearest even through
       kernels/_common.store.
-    * 16-wide tiles, no autotuning.
+    * 32 x 16 x 32 tiles (the interpreter pays per op, not per element), no autotuning.
 
 GPU: fixed tile configs per dtype class (no autotune yet). Not yet run on a GPU (no
 device was lent to this slice): scripts/gpu_check.sh runs tests/test_conv_triton.py on
@@ -94,7 +94,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _MODE = {m: i for i, m in enumerate(PADDING_MODES)}
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
-_INTERP_CFG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+_INTERP_CFG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=32)  # M and K tails still cut tiles in the tests
 _GPU_CFG = {"16": (dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32), 4, 3),
             "32": (dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), 4, 3),
             "64": (dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16), 4, 2)}
