@@ -71,9 +71,11 @@ Interpreter (TRITON_INTERPRET=1, the CPU tests)
       kernels/_common.store.
     * 32 x 16 x 32 tiles (the interpreter pays per op, not per element), no autotuning.
 
-GPU: fixed tile configs per dtype class (no autotune yet). Not yet run on a GPU (no
-device was lent to this slice): scripts/gpu_check.sh runs tests/test_conv_triton.py on
-cuda when one is.
+GPU: fixed tile configs per dtype class (no autotune yet). Checked without a GPU by
+tests/test_conv_triton.py (interpreter) and scripts/triton_conv_pool_compile_check.py
+(compiles every variant for sm_90: wgmma for bf16 / tf32, DMMA for float64). Not yet run
+on a GPU (none was lent to this slice): scripts/gpu_check.sh runs
+tests/test_conv_triton.py on cuda when one is.
 """
 from __future__ import annotations
 

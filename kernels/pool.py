@@ -48,8 +48,9 @@ The trick
     in-chunk deduplication turns a scatter with collisions into a collision-free one.
 
 Interpreter (TRITON_INTERPRET=1, the CPU tests): BLOCK = 64, bf16 stores rounded to
-nearest even through kernels/_common.store. No GPU has run these yet (none was lent to
-this slice); scripts/gpu_check.sh runs tests/test_pool_triton.py on cuda when one is.
+nearest even through kernels/_common.store. scripts/triton_conv_pool_compile_check.py
+compiles every variant for sm_90 without a GPU; no GPU has run these yet (none was lent
+to this slice): scripts/gpu_check.sh runs tests/test_pool_triton.py on cuda when one is.
 """
 from __future__ import annotations
 
