@@ -54,6 +54,17 @@ if [ -f scripts/gpu_attention_triton.py ]; then
 fi
 
 t0=$(date +%s)
+# the Triton conv and pool kernels on cuda against F.conv2d / F.*pool2d and float64 (the interpreter tests,
+# here compiled: DEV is cuda when TRITON_INTERPRET is unset)
+if [ -f tests/test_conv_triton.py ]; then
+  timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_conv_triton.py tests/test_pool_triton.py \
+    > "$OUT/conv_pool_triton.txt" 2>&1
+  say "triton conv + pool (rc=$?, $(( $(date +%s) - t0 )) s):"
+  grep -E "passed|failed|error" "$OUT/conv_pool_triton.txt" | tail -3 | tee -a "$summary"
+  grep -E "^(FAILED|ERROR)" "$OUT/conv_pool_triton.txt" | head -20 | tee -a "$summary"
+fi
+
+t0=$(date +%s)
 timeout 150 $PY -m minitorch_ext.bench all --device cuda --json "$OUT/bench_cuda.json" > "$OUT/bench_cuda.txt" 2>&1
 say "bench (rc=$?, $(( $(date +%s) - t0 )) s):"
 cat "$OUT/bench_cuda.txt" >> "$summary"

@@ -12,15 +12,61 @@ from minitorch_ext.cases.conv import make_sample, small_model, spec
 
 SPEC = spec()
 
-# gradcheck, opcheck, Hypothesis parity (float32, bfloat16), float64, bad input, compile, meta, autocast.
-# The conv family has C++ kernels only so far (Triton conv is a later slice): the battery runs on "cpp"
-# alone instead of repeating the same C++ calls under the "triton" backend name.
-_backends_for = testing.backends_for
-testing.backends_for = lambda device="cpu": [b for b in _backends_for(device) if b == "cpp"]
-try:
-    globals().update(testing.standard_tests(SPEC, small_model(), torch.randn(2, 1, 12, 12)))
-finally:
-    testing.backends_for = _backends_for
+BACKENDS = testing.backends_for("cpu")
+
+# gradcheck, opcheck, Hypothesis parity (float32, bfloat16), float64, bad input, compile, meta, autocast,
+# on every backend here (cpp; triton through its interpreter)
+globals().update(testing.standard_tests(SPEC, small_model(), torch.randn(2, 1, 12, 12)))
+
+# Triton runs through its interpreter here, one program instance after another: its fixed samples are three
+# tiny ones (cases.conv.TRITON_FIXED), gradcheck runs in fast mode (one random direction), opcheck on one
+# sample, Hypothesis parity on fewer and smaller examples; the compile smoke test is cpp only (under the
+# interpreter the Triton ops are opaque custom ops: compile would test nothing of theirs)
+_FIXED_RUNS = [(b, i) for b in BACKENDS for i in range(len(SPEC.samples(b)))]
+_OPCHECK_RUNS = [(b, i) for b in BACKENDS for i in range(len(SPEC.samples(b))) if b != "triton" or i == 0]
+
+
+@pytest.mark.parametrize("backend,i", _FIXED_RUNS)
+def test_gradcheck(backend, i):
+    sample = SPEC.samples(backend)[i]
+    if backend != "triton":
+        testing.check_gradcheck(SPEC, sample, backend)
+        return
+    leaves = sample.cast(torch.float64, "cpu", requires_grad=True)
+    names = [n for n in sample._grad_names() if leaves.get(n) is not None]
+
+    def f(*ts):
+        d = dict(leaves)
+        d.update(zip(names, ts))
+        with mte.use_backend(backend):
+            return sample.build(SPEC.ours, d)
+
+    with testing.poisoned():
+        assert torch.autograd.gradcheck(f, tuple(leaves[n] for n in names), eps=1e-6, atol=1e-5, rtol=1e-4,
+                                        fast_mode=True)
+
+
+@pytest.mark.parametrize("backend,i", _OPCHECK_RUNS)
+def test_opcheck(backend, i):
+    testing.check_opcheck(SPEC, SPEC.samples(backend)[i], backend)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+def test_compile_fullgraph(backend):
+    testing.check_compile(small_model(), torch.randn(2, 1, 12, 12), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", list(SPEC.dtypes), ids=str)
+def test_parity(backend, dtype):
+    from hypothesis import given, settings
+
+    @settings(max_examples=5 if backend == "triton" else settings().max_examples)
+    @given(SPEC.strategy(backend))
+    def run(sample):
+        testing.check_parity(SPEC, sample, backend, dtype)
+
+    run()
 
 
 def test_module_matches_torch_init_state_dict_and_forward():

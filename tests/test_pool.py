@@ -15,11 +15,59 @@ from minitorch_ext.cases.pool import BACKENDS, small_model, spec
 
 MF = mte.nn.functional
 
+SPEC = spec()
+
 # gradcheck, opcheck, Hypothesis parity (float32, bfloat16), float64, bad input, meta,
-# compile: the shared battery, on the backends pooling has (cpp only so far)
+# compile: the shared battery, on the backends pooling has here (cpp; triton through its interpreter)
 with mock.patch.object(testing, "backends_for", lambda device="cpu": list(BACKENDS)):
-    for _test, _fn in testing.standard_tests(spec(), small_model(), torch.randn(2, 3, 14, 14)).items():
+    for _test, _fn in testing.standard_tests(SPEC, small_model(), torch.randn(2, 3, 14, 14)).items():
         globals()[_test.replace("test_", "test_pool_", 1)] = _fn
+
+# Triton runs through its interpreter here, one program instance after another: its fixed samples are four
+# tiny ones (cases.pool.TRITON_FIXED), gradcheck runs in fast mode (one random direction), opcheck on one
+# sample, Hypothesis parity on fewer and smaller examples; the compile smoke test is cpp only (under the
+# interpreter the Triton ops are opaque custom ops: compile would test nothing of theirs)
+_FIXED_RUNS = [(b, i) for b in BACKENDS for i in range(len(SPEC.samples(b)))]
+_OPCHECK_RUNS = [(b, i) for b in BACKENDS for i in range(len(SPEC.samples(b))) if b != "triton" or i == 0]
+
+
+@pytest.mark.parametrize("backend,i", _FIXED_RUNS)
+def test_pool_gradcheck(backend, i):
+    sample = SPEC.samples(backend)[i]
+    if backend != "triton":
+        testing.check_gradcheck(SPEC, sample, backend)
+        return
+    leaves = sample.cast(torch.float64, "cpu", requires_grad=True)
+
+    def f(x):
+        with mte.use_backend(backend):
+            return sample.build(SPEC.ours, {**leaves, "input": x})
+
+    with testing.poisoned():
+        assert torch.autograd.gradcheck(f, (leaves["input"],), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("backend,i", _OPCHECK_RUNS)
+def test_pool_opcheck(backend, i):
+    testing.check_opcheck(SPEC, SPEC.samples(backend)[i], backend)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+def test_pool_compile_fullgraph(backend):
+    testing.check_compile(small_model(), torch.randn(2, 3, 14, 14), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", list(SPEC.dtypes), ids=str)
+def test_pool_parity(backend, dtype):
+    from hypothesis import given, settings
+
+    @settings(max_examples=6 if backend == "triton" else settings().max_examples)
+    @given(SPEC.strategy(backend))
+    def run(sample):
+        testing.check_parity(SPEC, sample, backend, dtype)
+
+    run()
 
 
 def _cl(t):
@@ -174,8 +222,21 @@ def test_module_constructor_errors_are_torchs():
         mte.nn.MaxPool2d()
 
 
-def test_unavailable_backend_is_a_clear_error():
+def test_triton_backend_runs_the_triton_ops():
     x = torch.randn(1, 2, 4, 4)
-    if "triton" in mte.available_backends("cpu"):
-        with mte.use_backend("triton"), pytest.raises(NotImplementedError, match="no Triton kernel"):
-            MF.max_pool2d(x, 2)
+    if "triton" not in mte.available_backends("cpu"):
+        pytest.skip("triton cannot run here")
+
+    class Trace(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with mte.use_backend("triton"), Trace() as t:
+        y = MF.max_pool2d(x, 2)
+    assert any("max_pool2d_fwd_triton" in op for op in t.ops), t.ops
+    torch.testing.assert_close(y, F.max_pool2d(x, 2))

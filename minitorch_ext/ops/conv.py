@@ -2,7 +2,10 @@
 
 Registered ops (schemas in csrc/ops.cpp, CPU kernels in csrc/conv/conv_cpu.cpp):
 
-    torch.ops.minitorch_ext.conv_fwd / conv_bwd
+    torch.ops.minitorch_ext.conv_fwd / conv_bwd                  C++ (CPU)
+    torch.ops.minitorch_ext.conv_fwd_triton / conv_bwd_triton    Triton (kernels/conv.py), same schemas
+
+The functionals pick the op by the active backend (minitorch_ext._backend.resolve).
 
 The kernels see 4-D [N, C, H, W] tensors only; this module maps torch's
 arguments onto them: 1-D convs are H == 1, unbatched inputs get N == 1,
@@ -23,7 +26,8 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._registry import register_autocast_policy
+from .. import _backend
+from ._registry import register_autocast_policy, triton_custom_op
 
 _OPS = torch.ops.minitorch_ext
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -69,6 +73,31 @@ torch.library.register_fake("minitorch_ext::conv_bwd")(_fake_conv_bwd)
 
 
 # ---------------------------------------------------------------------------
+# Triton ops: minitorch_ext.kernels.conv behind the same schemas
+# ---------------------------------------------------------------------------
+
+@triton_custom_op("minitorch_ext::conv_fwd_triton", mutates_args=(), fake=_fake_conv_fwd)
+def _conv_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
+                     dilation: List[int], groups: int, padding_mode: str, act: str) -> Tensor:
+    from minitorch_ext.kernels import conv as K
+
+    return K.conv_fwd(input, weight, bias, list(stride), list(padding), list(dilation), groups, padding_mode, act)
+
+
+@triton_custom_op("minitorch_ext::conv_bwd_triton", mutates_args=(), fake=_fake_conv_bwd)
+def _conv_bwd_triton(grad_output: Tensor, input: Tensor, weight: Tensor, stride: List[int], padding: List[int],
+                     dilation: List[int], groups: int, padding_mode: str,
+                     output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    from minitorch_ext.kernels import conv as K
+
+    mask = [bool(m) for m in output_mask]
+    res = K.conv_bwd(grad_output, input, weight, list(stride), list(padding), list(dilation), groups,
+                     padding_mode, mask)
+    gi, gw, gb = (t if m else input.new_empty((0,)) for t, m in zip(res, mask))
+    return gi, gw, gb
+
+
+# ---------------------------------------------------------------------------
 # autograd
 # ---------------------------------------------------------------------------
 
@@ -80,22 +109,33 @@ def _setup_context(ctx, inputs, output):
     ctx.act = act
 
 
-def _backward(ctx, grad_out):
-    if ctx.act != "none":
-        raise RuntimeError(f"conv_fwd: backward through the fused activation {ctx.act!r} is not supported "
-                           f"(use act='none' and apply the activation separately for training)")
-    input, weight = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [bool(need[0]), bool(need[1]), bool(need[2]) and ctx.has_bias]
-    stride, padding, dilation, groups, padding_mode = ctx.conf
-    gi, gw, gb = _OPS.conv_bwd(grad_out, input, weight, stride, padding, dilation, groups, padding_mode, mask)
-    return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
-            None, None, None, None, None, None)
+def _make_backward(bwd):
+    def _backward(ctx, grad_out):
+        if ctx.act != "none":
+            raise RuntimeError(f"conv_fwd: backward through the fused activation {ctx.act!r} is not supported "
+                               f"(use act='none' and apply the activation separately for training)")
+        input, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [bool(need[0]), bool(need[1]), bool(need[2]) and ctx.has_bias]
+        stride, padding, dilation, groups, padding_mode = ctx.conf
+        gi, gw, gb = bwd()(grad_out, input, weight, stride, padding, dilation, groups, padding_mode, mask)
+        return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+                None, None, None, None, None, None)
+
+    return _backward
 
 
+_backward = _make_backward(lambda: _OPS.conv_bwd)
 torch.library.register_autograd("minitorch_ext::conv_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("minitorch_ext::conv_fwd_triton", _make_backward(lambda: _OPS.conv_bwd_triton),
+                                setup_context=_setup_context)
 # torch's autocast runs convolutions in the lower precision on both devices
 register_autocast_policy("minitorch_ext::conv_fwd", cpu="lower", cuda="lower")
+register_autocast_policy("minitorch_ext::conv_fwd_triton", cpu="lower", cuda="lower")
+
+
+def _fwd_op(device):
+    return _OPS.conv_fwd_triton if _backend.resolve(device) == "triton" else _OPS.conv_fwd
 
 
 # ---------------------------------------------------------------------------
@@ -214,7 +254,7 @@ def _conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding
     else:
         x4, w4, st, dl = x, weight, stride, dilation
         pads = [pairs[0][0], pairs[0][1], pairs[1][0], pairs[1][1]]
-    out = _OPS.conv_fwd(x4, w4, bias, st, pads, dl, groups, padding_mode, act)
+    out = _fwd_op(x4.device)(x4, w4, bias, st, pads, dl, groups, padding_mode, act)
     if nd == 1:
         out = out.squeeze(2)
     if unbatched:

@@ -5,6 +5,7 @@ Registered ops (schemas and semantics in csrc/ops.cpp, C++ kernels in csrc/pool/
     torch.ops.minitorch_ext.max_pool2d_fwd / max_pool2d_bwd                C++ (CPU)
     torch.ops.minitorch_ext.avg_pool2d_fwd / avg_pool2d_bwd
     torch.ops.minitorch_ext.adaptive_avg_pool2d_fwd / adaptive_avg_pool2d_bwd
+    torch.ops.minitorch_ext.<each of the above>_triton     Triton (kernels/pool.py), same schemas
 
 The kernels see [N, C, H, W]; here unbatched inputs get a batch dim of 1 and the
 1-D pools become 2-D pools with H = 1. Each forward op gets `register_autograd`
@@ -12,19 +13,21 @@ The kernels see [N, C, H, W]; here unbatched inputs get a batch dim of 1 and the
 
 Public functionals with torch.nn.functional's signatures: max_pool2d, avg_pool2d,
 adaptive_avg_pool2d, max_pool1d, avg_pool1d, adaptive_avg_pool1d (re-exported by
-minitorch_ext.nn.functional). CUDA and Triton pooling are not written yet: a CUDA
-tensor or the 'triton' backend is a clear NotImplementedError, never a silent
+minitorch_ext.nn.functional). The active backend picks the ops (minitorch_ext._backend):
+"triton" the Triton ones, "cpp" the C++ ones; a CUDA tensor on "cpp" without a
+registered CUDA pooling kernel is a clear NotImplementedError, never a silent
 fall-back to torch.
 """
 from __future__ import annotations
 
 import numbers
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import _backend
+from ._registry import triton_custom_op
 
 _OPS = torch.ops.minitorch_ext
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16)
@@ -99,14 +102,64 @@ torch.library.register_fake("minitorch_ext::adaptive_avg_pool2d_bwd")(_fake_adap
 # autograd
 # ---------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------
+# Triton ops: minitorch_ext.kernels.pool behind the same schemas
+# ---------------------------------------------------------------------------
+
+@triton_custom_op("minitorch_ext::max_pool2d_fwd_triton", mutates_args=(), fake=_fake_max_fwd)
+def _max_fwd_triton(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
+                    dilation: List[int], ceil_mode: bool) -> Tuple[Tensor, Tensor]:
+    from minitorch_ext.kernels import pool as K
+
+    return K.max_pool2d_fwd(input, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+@triton_custom_op("minitorch_ext::max_pool2d_bwd_triton", mutates_args=(), fake=_fake_max_bwd)
+def _max_bwd_triton(grad_output: Tensor, input: Tensor, indices: Tensor) -> Tensor:
+    from minitorch_ext.kernels import pool as K
+
+    return K.max_pool2d_bwd(grad_output, input, indices)
+
+
+@triton_custom_op("minitorch_ext::avg_pool2d_fwd_triton", mutates_args=(), fake=_fake_avg_fwd)
+def _avg_fwd_triton(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int], ceil_mode: bool,
+                    count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
+    from minitorch_ext.kernels import pool as K
+
+    return K.avg_pool2d_fwd(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+@triton_custom_op("minitorch_ext::avg_pool2d_bwd_triton", mutates_args=(), fake=_fake_avg_bwd)
+def _avg_bwd_triton(grad_output: Tensor, input: Tensor, kernel_size: List[int], stride: List[int],
+                    padding: List[int], ceil_mode: bool, count_include_pad: bool,
+                    divisor_override: Optional[int]) -> Tensor:
+    from minitorch_ext.kernels import pool as K
+
+    return K.avg_pool2d_bwd(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                            divisor_override)
+
+
+@triton_custom_op("minitorch_ext::adaptive_avg_pool2d_fwd_triton", mutates_args=(), fake=_fake_adaptive_fwd)
+def _adaptive_fwd_triton(input: Tensor, output_size: List[int]) -> Tensor:
+    from minitorch_ext.kernels import pool as K
+
+    return K.adaptive_avg_pool2d_fwd(input, output_size)
+
+
+@triton_custom_op("minitorch_ext::adaptive_avg_pool2d_bwd_triton", mutates_args=(), fake=_fake_adaptive_bwd)
+def _adaptive_bwd_triton(grad_output: Tensor, input: Tensor) -> Tensor:
+    from minitorch_ext.kernels import pool as K
+
+    return K.adaptive_avg_pool2d_bwd(grad_output, input)
+
+
+# ---------------------------------------------------------------------------
+# autograd: one wiring per forward op, the backward op of the same backend
+# ---------------------------------------------------------------------------
+
 def _max_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], output[1])
     ctx.mark_non_differentiable(output[1])
-
-
-def _max_backward(ctx, grad_out, grad_indices):
-    input, indices = ctx.saved_tensors
-    return _OPS.max_pool2d_bwd(grad_out, input, indices), None, None, None, None, None
 
 
 def _avg_setup(ctx, inputs, output):
@@ -114,24 +167,31 @@ def _avg_setup(ctx, inputs, output):
     ctx.args = inputs[1:]
 
 
-def _avg_backward(ctx, grad_out):
-    (input,) = ctx.saved_tensors
-    return (_OPS.avg_pool2d_bwd(grad_out, input, *ctx.args),) + (None,) * 6
-
-
 def _adaptive_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0])
 
 
-def _adaptive_backward(ctx, grad_out):
-    (input,) = ctx.saved_tensors
-    return _OPS.adaptive_avg_pool2d_bwd(grad_out, input), None
+def _wire(sfx: str) -> None:
+    def max_backward(ctx, grad_out, grad_indices):
+        input, indices = ctx.saved_tensors
+        return getattr(_OPS, "max_pool2d_bwd" + sfx)(grad_out, input, indices), None, None, None, None, None
+
+    def avg_backward(ctx, grad_out):
+        (input,) = ctx.saved_tensors
+        return (getattr(_OPS, "avg_pool2d_bwd" + sfx)(grad_out, input, *ctx.args),) + (None,) * 6
+
+    def adaptive_backward(ctx, grad_out):
+        (input,) = ctx.saved_tensors
+        return getattr(_OPS, "adaptive_avg_pool2d_bwd" + sfx)(grad_out, input), None
+
+    torch.library.register_autograd("minitorch_ext::max_pool2d_fwd" + sfx, max_backward, setup_context=_max_setup)
+    torch.library.register_autograd("minitorch_ext::avg_pool2d_fwd" + sfx, avg_backward, setup_context=_avg_setup)
+    torch.library.register_autograd("minitorch_ext::adaptive_avg_pool2d_fwd" + sfx, adaptive_backward,
+                                    setup_context=_adaptive_setup)
 
 
-torch.library.register_autograd("minitorch_ext::max_pool2d_fwd", _max_backward, setup_context=_max_setup)
-torch.library.register_autograd("minitorch_ext::avg_pool2d_fwd", _avg_backward, setup_context=_avg_setup)
-torch.library.register_autograd("minitorch_ext::adaptive_avg_pool2d_fwd", _adaptive_backward,
-                                setup_context=_adaptive_setup)
+_wire("")
+_wire("_triton")
 
 
 # ---------------------------------------------------------------------------
@@ -143,14 +203,18 @@ def _check_tensor(fn: str, input) -> None:
         raise TypeError(f"{fn}(): argument 'input' (position 1) must be Tensor, not {type(input).__name__}")
 
 
-def _check_backend(fn: str, input: Tensor) -> None:
-    if input.device.type not in ("cpu", "meta"):
-        raise NotImplementedError(f"minitorch_ext.nn.functional.{fn}: pooling runs on CPU tensors only for now "
-                                  f"(the CUDA and Triton kernels of issue 10 are not written yet); got a tensor "
-                                  f"on {input.device}")
-    if input.device.type == "cpu" and _backend.resolve(input.device) != "cpp":
-        raise NotImplementedError(f"minitorch_ext.nn.functional.{fn}: pooling has no Triton kernel yet; "
-                                  f"use_backend('cpp') for CPU tensors")
+def _check_backend(fn: str, input: Tensor) -> str:
+    """The op-name suffix of the backend that runs `input`: "_triton" or "" (the C++ ops)."""
+    if input.device.type == "meta":
+        return ""
+    if _backend.resolve(input.device) == "triton":
+        return "_triton"
+    if input.device.type != "cpu" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+            "minitorch_ext::max_pool2d_fwd", input.device.type.upper()):
+        raise NotImplementedError(f"minitorch_ext.nn.functional.{fn}: this build has no {input.device.type} "
+                                  f"pooling kernel for the 'cpp' backend; use_backend('triton') for "
+                                  f"{input.device.type} tensors")
+    return ""
 
 
 def _check_dtype(kernel: str, input: Tensor) -> None:
@@ -231,7 +295,7 @@ _IntOr = Union[int, Sequence[int]]
 
 def _max_pool(fn, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, one_d):
     _check_tensor(fn, input)
-    _check_backend(fn, input)
+    sfx = _check_backend(fn, input)
     n = 1 if one_d else 2
     k = _pair(fn, "kernel_size", kernel_size, n)
     s = _pair(fn, "stride", stride, n, allow_empty=True) if stride is not None else []
@@ -263,7 +327,7 @@ def _max_pool(fn, input, kernel_size, stride, padding, dilation, ceil_mode, retu
         if out < 1:
             raise RuntimeError(f"{fn}() Invalid computed output size: {out}")
     _check_window(k, s, p, d, x.shape[-2:], x.shape[1], ceil_mode)
-    y, ind = _OPS.max_pool2d_fwd(x, k, s, p, d, bool(ceil_mode))
+    y, ind = getattr(_OPS, "max_pool2d_fwd" + sfx)(x, k, s, p, d, bool(ceil_mode))
     y, ind = undo(y), undo(ind)
     return (y, ind) if return_indices else y
 
@@ -282,7 +346,7 @@ def max_pool1d(input: Tensor, kernel_size: _IntOr, stride: Optional[_IntOr] = No
 
 def _avg_pool(fn, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, one_d):
     _check_tensor(fn, input)
-    _check_backend(fn, input)
+    sfx = _check_backend(fn, input)
     n = 1 if one_d else 2
     k = _pair(fn, "kernel_size", kernel_size, n)
     s = _pair(fn, "stride", stride, n, allow_empty=True) if stride is not None else []
@@ -304,7 +368,7 @@ def _avg_pool(fn, input, kernel_size, stride, padding, ceil_mode, count_include_
         k, s, p = [1] + k, [1] + s, [0] + p
     _check_window(k, s, p, [1, 1], x.shape[-2:], x.shape[1], ceil_mode)
     div = None if divisor_override is None else int(divisor_override)
-    return undo(_OPS.avg_pool2d_fwd(x, k, s, p, bool(ceil_mode), bool(count_include_pad), div))
+    return undo(getattr(_OPS, "avg_pool2d_fwd" + sfx)(x, k, s, p, bool(ceil_mode), bool(count_include_pad), div))
 
 
 def avg_pool2d(input: Tensor, kernel_size: _IntOr, stride: Optional[_IntOr] = None, padding: _IntOr = 0,
@@ -323,7 +387,7 @@ def avg_pool1d(input: Tensor, kernel_size: _IntOr, stride: Optional[_IntOr] = No
 
 def _adaptive(fn, input, output_size, one_d):
     _check_tensor(fn, input)
-    _check_backend(fn, input)
+    sfx = _check_backend(fn, input)
     nd = input.dim()
     if one_d:
         if nd not in (2, 3):
@@ -355,7 +419,7 @@ def _adaptive(fn, input, output_size, one_d):
     x = input if nb == 1 else input.unsqueeze(0)
     if one_d:
         x = x.unsqueeze(-2)
-    y = _OPS.adaptive_avg_pool2d_fwd(x, os_)
+    y = getattr(_OPS, "adaptive_avg_pool2d_fwd" + sfx)(x, os_)
     if one_d:
         y = y.squeeze(-2)
     return y if nb == 1 else y.squeeze(0)
