@@ -180,7 +180,9 @@ def check_parity(spec: OpSpec, sample: Sample, backend: str, dtype: torch.dtype,
     work = min((dtype, ours.dtype), key=lambda d: torch.finfo(d).bits if d != torch.bfloat16 else 15)
     factor = factor or TOLERANCE_FACTOR[work]
     # the reference sees exactly the (rounded) inputs the two runs saw
-    rounded = Sample({k: (v.to((leaf_dtypes or {}).get(k, dtype)).double() if v is not None else None)
+    # (floating leaves only: a boolean mask stays boolean, not a 0/1 additive mask)
+    rounded = Sample({k: (v.to((leaf_dtypes or {}).get(k, dtype)).double()
+                          if v is not None and v.is_floating_point() else v)
                       for k, v in sample.leaves.items()},
                      sample.build, sample.desc, sample.grad_leaves, sample.meta)
     # grad_output was drawn in float64 and rounded to the output dtype for ours and

@@ -3,12 +3,14 @@
 The test suite and `python -m minitorch_ext parity` both read them, so one
 description drives every check. FAMILIES maps a family to its specs.
 """
-from . import activation, attention, linear, norm
+from . import activation, attention, conv, linear, norm, pool
 
 FAMILIES = {
     "norm": lambda: [norm.spec("layer_norm"), norm.spec("rms_norm")],
     "linear": lambda: [linear.spec()],
     "activation": lambda: [activation.spec("activation"), activation.spec("softmax")],
     "attention": lambda: [attention.spec()],
+    "conv": lambda: [conv.spec()],
+    "pool": lambda: [pool.spec()],
 }
 

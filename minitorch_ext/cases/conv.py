@@ -244,7 +244,7 @@ def _bad_inputs():
 
 def spec() -> OpSpec:
     return OpSpec(name="conv", ours=ours, native=native, samples=_fixed_samples, strategy=_strategy,
-                  raw_ops=_raw_ops, bad_inputs=_bad_inputs())
+                  raw_ops=_raw_ops, bad_inputs=_bad_inputs(), extra={"parity_samples": _fixed_samples})
 
 
 def small_model():

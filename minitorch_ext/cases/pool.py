@@ -287,7 +287,7 @@ def _bad_inputs():
 
 def spec() -> OpSpec:
     return OpSpec(name="pool", ours=_ours, native=_native, samples=_fixed, strategy=_strategy, raw_ops=_raw_ops,
-                  bad_inputs=_bad_inputs, autocast=())
+                  bad_inputs=_bad_inputs, autocast=(), extra={"parity_samples": _fixed})
 
 
 def small_model():
