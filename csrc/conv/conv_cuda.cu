@@ -50,7 +50,13 @@
 // the padded-grad (non-zeros padding modes only) and the slot partials of grad_weight
 // (capped at 16M floats).
 //
-// Build size: 4 dtypes x (3 GEMM gathers + 3 direct kernels + 3 small reductions).
+// Build size: 4 dtypes x (3 GEMM gathers + 3 direct kernels + 3 small reductions) = 36
+// kernels. nvcc 13.0, setup.py's flags, sm_90, -Xptxas -v: 0 bytes spilled everywhere;
+// igemm_kernel 61-62 registers (bf16/fp16, 10 KB smem), 64-79 (fp32, 8.3 KB),
+// 72-114 (fp64, 16.6 KB); the direct and reduction kernels 31-46. ptxas ~9 s in all;
+// the whole file ~82 s of CPU on this 2-core build machine, of which ~65 s is the
+// house headers alone (a .cu with ATen.h + torch/library.h and one trivial kernel).
+// Not measured on a GPU yet: the tests (tests/test_conv_cuda.py) run on the lent device.
 //
 // Headers: c10/cuda only (as gemm_cuda.cu).
 #include <ATen/ATen.h>

@@ -29,7 +29,9 @@
 // (from L1/L2 after the first) and writes the outputs once; the backward reads the
 // grad_output elements of each input's windows and writes grad_input once (max: reads
 // grad_output and indices once, writes a float plane and grad_input once).
-// Build size: 4 dtypes x 6 kernels (+ 2 index-only helpers).
+// Build size: 4 dtypes x 6 kernels = 24 (nvcc 13.0, sm_90: 38-92 registers, 0 bytes
+// spilled); ~67 s of CPU on the 2-core build machine, about the house headers' own cost.
+// Not measured on a GPU yet: the tests (tests/test_pool_cuda.py) run on the lent device.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
