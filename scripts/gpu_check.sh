@@ -36,6 +36,12 @@ rc=$?
 say "cuda tests (rc=$rc, $(( $(date +%s) - t0 )) s):"
 grep -E "passed|failed|error" "$OUT/tests.txt" | tail -3 | tee -a "$summary"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.txt" | head -20 | tee -a "$summary"
+# per-family tally of the CUDA kernels' tests (all picked up by -m cuda above):
+# test_attention_cuda, test_gemm_cuda, test_conv_cuda (conv_cuda.cu), test_pool_cuda (pool_cuda.cu), ...
+for fam in attention gemm conv pool; do
+  nf=$(grep -cE "^(FAILED|ERROR) tests/test_${fam}_cuda\.py" "$OUT/tests.txt")
+  say "  ${fam} cuda: ${nf} failed"
+done
 
 t0=$(date +%s)
 # the Triton GEMM on cuda against torch.mm (cuBLAS): error and TFLOP/s at a few sizes
