@@ -3,7 +3,8 @@
 ResNet-18's layers (issue 10, section 4) at a modest batch (BATCH, default 4 so
 that a run stays within ~2 minutes on the 2-core machine; the issue's figure is
 batch 16: MINITORCH_EXT_CONV_BATCH=16), plus a 3x3 depthwise layer. Each in
-float32, NCHW and channels_last, fwd and fwd+bwd (all three gradients):
+float32, NCHW and channels_last, and bfloat16 channels_last (the issue's bf16 bar
+is against oneDNN's channels_last), fwd and fwd+bwd (all three gradients):
     ours:   conv_fwd (+ conv_bwd with every gradient)
     native: F.conv2d under autograd with x, w, b requiring grad
 flops = 2 * N*Ho*Wo * O * (C/groups)*kh*kw forward, 3x that for fwd+bwd.
@@ -32,24 +33,29 @@ LAYERS = [
 
 
 def conv(ctx: Context):
-    """ResNet-18 layers (+ a depthwise one), float32, NCHW and channels_last, fwd and fwd+bwd."""
+    """ResNet-18 layers (+ a depthwise one), float32 NCHW and channels_last, bfloat16
+    channels_last, fwd and fwd+bwd."""
     dev = ctx.device
     layers = LAYERS[:3] if ctx.quick else LAYERS
     for label, C, O, H, k, s, p, g in layers:
-        for fmt_name, fmt in (("nchw", torch.contiguous_format), ("cl", torch.channels_last)):
+        for fmt_name, fmt, dt in (("nchw", torch.contiguous_format, torch.float32),
+                                  ("cl", torch.channels_last, torch.float32),
+                                  ("cl", torch.channels_last, torch.bfloat16)):
             key = f"{label} b{BATCH} {fmt_name}"
-            if not ctx.wants(f"{key} float32 fwd", f"{key} float32 fwd+bwd"):
+            dname = str(dt).replace("torch.", "")
+            if not ctx.wants(f"{key} {dname} fwd", f"{key} {dname} fwd+bwd"):
                 continue
-            yield from _cases(ctx, dev, key, C, O, H, k, s, p, g, fmt)
+            yield from _cases(ctx, dev, key, C, O, H, k, s, p, g, fmt, dt)
 
 
-def _cases(ctx, dev, key, C, O, H, k, s, p, g, fmt):
+def _cases(ctx, dev, key, C, O, H, k, s, p, g, fmt, dt=torch.float32):
     gen = torch.Generator(device=dev).manual_seed(C * 31 + O + H)
-    x = torch.randn(BATCH, C, H, H, generator=gen, device=dev).contiguous(memory_format=fmt).requires_grad_()
-    w = (torch.randn(O, C // g, k, k, generator=gen, device=dev) / (C // g * k * k) ** 0.5).requires_grad_()
-    b = (0.1 * torch.randn(O, generator=gen, device=dev)).requires_grad_()
+    x = torch.randn(BATCH, C, H, H, generator=gen, device=dev).to(dt).contiguous(memory_format=fmt).requires_grad_()
+    w = (torch.randn(O, C // g, k, k, generator=gen, device=dev) / (C // g * k * k) ** 0.5).to(dt).requires_grad_()
+    b = (0.1 * torch.randn(O, generator=gen, device=dev)).to(dt).requires_grad_()
     Ho = (H + 2 * p - k) // s + 1
-    dy = torch.randn(BATCH, O, Ho, Ho, generator=gen, device=dev).contiguous(memory_format=fmt)
+    dy = torch.randn(BATCH, O, Ho, Ho, generator=gen, device=dev).to(dt).contiguous(memory_format=fmt)
+    dname = str(dt).replace("torch.", "")
     conf = ([s, s], [p, p], [1, 1], g, "zeros")
 
     def native_fwd():
@@ -92,11 +98,11 @@ def _cases(ctx, dev, key, C, O, H, k, s, p, g, fmt):
         before()
         return compare_to_reference({kk: v.float() for kk, v in got.items()},
                                     {kk: v.float() for kk, v in nat.items()},
-                                    {kk: ref[kk].float() for kk in got}, floor=1e-5)
+                                    {kk: ref[kk].float() for kk in got}, floor=1e-5 if dt == torch.float32 else 1e-2)
 
     flops = 2 * BATCH * Ho * Ho * O * (C // g) * k * k
-    yield Case(case=key, dtype="float32", pass_="fwd", ours=ours_fwd, native={"F.conv2d": native_fwd},
+    yield Case(case=key, dtype=dname, pass_="fwd", ours=ours_fwd, native={"F.conv2d": native_fwd},
                flops=flops, before=before, check=lambda: check(False))
-    yield Case(case=key, dtype="float32", pass_="fwd+bwd", ours=ours_step,
+    yield Case(case=key, dtype=dname, pass_="fwd+bwd", ours=ours_step,
                native={"F.conv2d autograd": native_step}, flops=3 * flops, before=before,
                check=lambda: check(True))
