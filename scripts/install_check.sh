@@ -7,7 +7,10 @@
 #   2. (unless INSTALL_CHECK_WHEEL=0) `pip wheel --no-build-isolation --no-deps .`
 #      installed in place of the editable install and smoke-tested from outside
 #      the source tree, and `python -m build --sdist` checked for every source
-#      file the build needs.
+#      file the build needs. The wheel is built CPU-only (MINITORCH_EXT_NO_CUDA=1;
+#      INSTALL_CHECK_WHEEL_CUDA=1 builds it with CUDA): step 1 has already compiled
+#      every .cu with a plain pip, and `make test` before it too, so a third CUDA
+#      build (~15 min on 2 cores) would test the packaging of nothing new.
 # Prints the wall time and the line count of each build's output. Exit 1 on any failure.
 # Usage: bash scripts/install_check.sh [WORKDIR]   (default: a new temp folder)
 set -euo pipefail
@@ -59,7 +62,9 @@ if [ "${INSTALL_CHECK_WHEEL:-1}" = "1" ]; then
   say "wheel: pip wheel --no-build-isolation --no-deps ."
   "$V" -m pip install -q ninja setuptools wheel build
   t0=$(date +%s)
-  if ! (cd "$WORK/src" && "$V" -m pip wheel -v --no-build-isolation --no-deps . -w "$WORK/dist") > "$WORK/build_wheel.log" 2>&1; then
+  wheel_env=(env MINITORCH_EXT_NO_CUDA=1)
+  [ "${INSTALL_CHECK_WHEEL_CUDA:-0}" = "1" ] && wheel_env=(env)
+  if ! (cd "$WORK/src" && "${wheel_env[@]}" "$V" -m pip wheel -v --no-build-isolation --no-deps . -w "$WORK/dist") > "$WORK/build_wheel.log" 2>&1; then
     tail -30 "$WORK/build_wheel.log"; say "FAILED: pip wheel"; exit 1
   fi
   say "pip wheel: $(( $(date +%s) - t0 )) s, $(wc -l < "$WORK/build_wheel.log") lines (-v)"

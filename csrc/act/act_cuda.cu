@@ -27,7 +27,9 @@
 //
 // Headers: c10/cuda's stream, guard and error checks rather than
 // ATen/cuda/CUDAContext.h (cuBLAS headers not needed here).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/WrapDimUtils.h>
 #include <c10/cuda/CUDAException.h>

@@ -83,7 +83,8 @@
 // measure it.
 //
 // Headers: c10/cuda only (as norm_cuda.cu and gemm_cuda.cu).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>

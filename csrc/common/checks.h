@@ -2,7 +2,7 @@
 // TORCH_CHECK_VALUE ValueError, TORCH_CHECK_TYPE TypeError) with a message
 // that names the argument, the way torch's own ops do.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace mte {
 

@@ -2,6 +2,7 @@
 #include "common/cpu_cache.h"
 
 #include <ATen/EmptyTensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/Allocator.h>
 #include <sys/mman.h>
 

@@ -8,9 +8,10 @@
 // MINITORCH_EXT_CPU_CACHE_MB (default 1024) MiB of free blocks; 0 turns it
 // off. minitorch_ext.empty_cache() releases what it holds.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <tuple>
 
 namespace mte {
 

@@ -59,7 +59,8 @@
 // Not measured on a GPU yet: the tests (tests/test_conv_cuda.py) run on the lent device.
 //
 // Headers: c10/cuda only (as gemm_cuda.cu).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

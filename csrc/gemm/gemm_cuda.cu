@@ -72,7 +72,8 @@
 // wgmma/TMA on sm_90, and a TF32 opt-in.
 //
 // Headers: c10/cuda only (as norm_cuda.cu), not ATen/cuda/CUDAContext.h.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>

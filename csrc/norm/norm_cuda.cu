@@ -53,7 +53,10 @@
 // Headers: c10/cuda's stream, guard and error checks rather than
 // ATen/cuda/CUDAContext.h, which pulls in cuBLAS/cuSPARSE headers this file
 // does not need (and that a bare CUDA toolkit may not ship).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>

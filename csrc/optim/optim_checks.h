@@ -3,7 +3,7 @@
 // only in the dtypes they take (CUDA adds float16) and in CUDA requiring CUDA
 // tensors: `kCuda` selects.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 

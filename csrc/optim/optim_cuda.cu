@@ -90,7 +90,9 @@
 // Headers: c10/cuda's stream, guard and error checks rather than
 // ATen/cuda/CUDAContext.h (which pulls in cuBLAS/cuSPARSE headers), as
 // csrc/norm/norm_cuda.cu does.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>

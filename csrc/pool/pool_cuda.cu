@@ -32,7 +32,9 @@
 // Build size: 4 dtypes x 6 kernels = 24 (nvcc 13.0, sm_90: 38-92 registers, 0 bytes
 // spilled); ~67 s of CPU on the 2-core build machine, about the house headers' own cost.
 // Not measured on a GPU yet: the tests (tests/test_pool_cuda.py) run on the lent device.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
