@@ -201,4 +201,27 @@ TORCH_LIBRARY(minitorch_ext, m) {
         "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
   m.def("adaptive_avg_pool2d_fwd(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_bwd(Tensor grad_output, Tensor input) -> Tensor");
+
+  // ---- bnorm family: BatchNorm / GroupNorm (InstanceNorm) over [N, C, *] -------------
+  // (CPU: csrc/bnorm/bnorm_cpu.cpp.) Any rank >= 2, contiguous or channels_last (the
+  // output keeps the input's format); float32, float64, bfloat16/float16 (float32 math);
+  // weight/bias/running stats [C] of the input's dtype or float32.
+  // batch_norm_fwd: training: batch statistics per channel (biased variance), and
+  //   running_mean/running_var (when given) updated in place in the same call with the
+  //   unbiased variance: r = (1 - momentum) r + momentum s. Eval: the running stats.
+  //   save_mean / save_invstd [C] (float32; float64 for float64) are what it used.
+  m.def("batch_norm_fwd(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, bool training, float momentum, float eps) "
+        "-> (Tensor output, Tensor save_mean, Tensor save_invstd)");
+  // batch_norm_bwd: grad_input, grad_weight, grad_bias (empty [0] where output_mask is
+  //   false); training false treats the statistics as constants. Fixed-order reductions.
+  m.def("batch_norm_bwd(Tensor grad_output, Tensor input, Tensor? weight, Tensor save_mean, "
+        "Tensor save_invstd, bool training, bool[3] output_mask) "
+        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // group_norm_fwd: statistics per (sample, group of C/num_groups channels); mean, rstd
+  //   [N, num_groups]. InstanceNorm is num_groups == C.
+  m.def("group_norm_fwd(Tensor input, Tensor? weight, Tensor? bias, int num_groups, float eps) "
+        "-> (Tensor output, Tensor mean, Tensor rstd)");
+  m.def("group_norm_bwd(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, Tensor rstd, "
+        "int num_groups, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }

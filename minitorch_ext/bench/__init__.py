@@ -58,3 +58,4 @@ def get_family(name: str) -> Callable:
 
 __all__ = ["FAMILIES", "register", "get_family"]
 FAMILIES["pool"] = "minitorch_ext.bench.pool:pool"
+FAMILIES["batchnorm"] = "minitorch_ext.bench.bnorm:batchnorm"

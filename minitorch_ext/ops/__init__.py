@@ -9,3 +9,4 @@ from . import activation  # noqa: F401
 from . import attention  # noqa: F401
 from . import conv  # noqa: F401
 from . import pool  # noqa: F401
+from . import bnorm  # noqa: F401
