@@ -12,3 +12,9 @@ __all__ = ["layer_norm", "rms_norm", "linear", "parse_activation", "relu", "relu
            "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax",
            "scaled_dot_product_attention", "conv1d", "conv2d"]
 __all__ += ["max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool1d"]
+
+# ---- pwloss family (pointwise losses) ----
+from ..ops.pwloss import (binary_cross_entropy, binary_cross_entropy_with_logits, huber_loss, kl_div,  # noqa: E402
+                          l1_loss, mse_loss, smooth_l1_loss)
+__all__ += ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+            "binary_cross_entropy_with_logits", "kl_div"]
