@@ -193,7 +193,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
     _size_warning(input, target)
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
-    dtype = torch.result_type(input, target)
+    dtype = _result_type(input, target)
     if weight is not None:
         return _weighted_tail("mse_loss", _run("mse_loss", "mse", input, target, 0, dtype=dtype), weight, input,
                               reduction, True)
@@ -207,7 +207,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average: Optional[bool] = None, 
     _size_warning(input, target)
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
-    dtype = torch.result_type(input, target)
+    dtype = _result_type(input, target)
     if weight is not None:
         return _weighted_tail("l1_loss", _run("l1_loss", "l1", input, target, 0, dtype=dtype), weight, input,
                               reduction, True)
@@ -222,7 +222,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average: Optional[bool] =
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
     red = _Reduction.get_enum(reduction)
-    dtype = torch.result_type(input, target)
+    dtype = _result_type(input, target)
     if beta == 0.0:
         return _run("smooth_l1_loss", "l1", input, target, red, dtype=dtype)
     if beta < 0:
@@ -307,7 +307,12 @@ def kl_div(input: Tensor, target: Tensor, size_average: Optional[bool] = None, r
     if not input.is_floating_point() or not target.is_floating_point():
         raise RuntimeError("kl_div: Integral inputs not supported.")
     return _run("kl_div", "kl_div", input, target, red, log_target=log_target,
-                dtype=torch.result_type(input, target))
+                dtype=_result_type(input, target))
+
+
+def _result_type(a: Tensor, b: Tensor) -> torch.dtype:
+    # torch's promotion; the common same-dtype case without torch.result_type (dynamo cannot trace it)
+    return a.dtype if a.dtype == b.dtype else torch.result_type(a, b)
 
 
 def _tname(dtype: torch.dtype) -> str:
