@@ -58,3 +58,6 @@ def get_family(name: str) -> Callable:
 
 __all__ = ["FAMILIES", "register", "get_family"]
 FAMILIES["pool"] = "minitorch_ext.bench.pool:pool"
+
+# ---- pwloss family (pointwise losses) ----
+FAMILIES["pwloss"] = "minitorch_ext.bench.pwloss:pwloss"
