@@ -97,9 +97,9 @@ inline Vectorized<acc_t<T>> ld(const T* p) {
 template <typename T>
 inline void st(const Vectorized<acc_t<T>>& v, T* p) {
   if constexpr (std::is_same_v<T, at::BFloat16>) {
-    float tmp[Vectorized<float>::size()];
-    v.store(tmp);
-    at::vec::convert(tmp, p, Vectorized<float>::size());
+    // one float vector -> the low half of a bfloat16 vector (round to nearest even), a masked
+    // store of its 16 lanes (at::vec::convert would take its scalar loop for fewer than 32)
+    at::vec::convert_from_float<at::BFloat16>(v, v).store(p, Vectorized<float>::size());
   } else {
     v.store(p);
   }
@@ -244,7 +244,8 @@ struct Fn {
     return l;
   }
 
-  static void grad(V x, V t, V w, V pw, const Prm<A>& P, V& gx, V& gt) {
+  static void grad(V x, V t, V w, V pw, const Prm<A>& P, V& gx, V& gt, bool need_t) {
+    // need_t == false: the target gradient (logs and exps for bce, bce_logits, kl_div) is skipped
     if constexpr (K == kMse) {
       gx = V(2) * (x - t);
       gt = gx.neg();
@@ -262,13 +263,13 @@ struct Fn {
       gt = gx.neg();
     } else if constexpr (K == kBce) {
       gx = (x - t) / at::vec::maximum((V(1) - x) * x, V(A(1e-12)));
-      gt = x.neg().log1p() - x.log();
+      if (need_t) gt = x.neg().log1p() - x.log();
     } else if constexpr (K == kBceLogits) {
       const V sig = V(1) / (V(1) + x.neg().exp());
       if (P.has_pw) {
         const V pt = pw * t;
         gx = (pt + V(1) - t) * sig - pt;
-        gt = log_sigmoid(x.neg()) - log_sigmoid(x) * pw;
+        if (need_t) gt = log_sigmoid(x.neg()) - log_sigmoid(x) * pw;
       } else {
         gx = sig - t;
         gt = x.neg();
@@ -280,7 +281,7 @@ struct Fn {
         gt = e * (t - x + V(1));
       } else {
         gx = t.neg();
-        gt = vsel(t == V(0), V(0), t.log()) + t / t - x;
+        if (need_t) gt = vsel(t == V(0), V(0), t.log()) + t / t - x;
       }
     }
     if constexpr (K == kBce || K == kBceLogits) {
@@ -415,9 +416,10 @@ std::tuple<at::Tensor, at::Tensor> bwd_impl(const at::Tensor& grad_output, const
         const auto sx = seg_of(ox, i, C), stt = seg_of(ot, i, C), sw = seg_of(ow, i, C), sp = seg_of(opw, i, C);
         const auto sg = none ? seg_of(og, i, C) : Seg<T>{nullptr, true, g0};
         int64_t j = 0;
-        V dx, dt;
+        V dx(0), dt(0);
         for (; j + W <= n; j += W) {
-          Fn<K, A>::grad(ldv(sx, j), ldv(stt, j), sw.q ? ldv(sw, j) : V(1), sp.q ? ldv(sp, j) : V(1), P, dx, dt);
+          Fn<K, A>::grad(ldv(sx, j), ldv(stt, j), sw.q ? ldv(sw, j) : V(1), sp.q ? ldv(sp, j) : V(1), P, dx, dt,
+                         need_t);
           const V g = sg.bcast ? V(sg.s) : ldv(sg, j);
           if (px) st<T>(dx * g, px + i + j);
           if (pt) st<T>(dt * g, pt + i + j);
@@ -425,7 +427,7 @@ std::tuple<at::Tensor, at::Tensor> bwd_impl(const at::Tensor& grad_output, const
         if (j < n) {
           const int64_t r = n - j;
           Fn<K, A>::grad(ldn(sx, j, r), ldn(stt, j, r), sw.q ? ldn(sw, j, r) : V(1), sp.q ? ldn(sp, j, r) : V(1), P,
-                         dx, dt);
+                         dx, dt, need_t);
           const V g = sg.bcast ? V(sg.s) : ldn(sg, j, r);
           if (px) stn<T>(dx * g, px + i + j, r);
           if (pt) stn<T>(dt * g, pt + i + j, r);

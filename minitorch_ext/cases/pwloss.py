@@ -263,7 +263,7 @@ def _bad_inputs():
 
 def spec() -> OpSpec:
     return OpSpec(name="pwloss", ours=_ours, native=_native, samples=_fixed, strategy=_strategy, raw_ops=_raw_ops,
-                  bad_inputs=_bad_inputs, autocast=())
+                  bad_inputs=_bad_inputs, autocast=((torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)))
 
 
 class _LossModel(torch.nn.Module):

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
 from .. import _backend
-from ._registry import triton_custom_op
+from ._registry import register_autocast_policy, triton_custom_op
 
 _OPS = torch.ops.minitorch_ext
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16)
@@ -102,6 +102,11 @@ def _wire(sfx: str) -> None:
 
 _wire("")
 _wire("_triton")
+
+# torch's autocast runs every one of these losses in float32 (its fp32 list on CPU and CUDA;
+# binary_cross_entropy is refused under CUDA autocast by torch, here it runs in float32)
+for _name in ("pwloss_fwd", "pwloss_fwd_triton"):
+    register_autocast_policy(f"minitorch_ext::{_name}", cpu="fp32", cuda="fp32")
 
 
 # ---------------------------------------------------------------------------
