@@ -311,6 +311,10 @@ def kl_div(input: Tensor, target: Tensor, size_average: Optional[bool] = None, r
         red = 3 if reduction == "batchmean" else _Reduction.get_enum(reduction)
     if not input.is_floating_point() or not target.is_floating_point():
         raise RuntimeError("kl_div: Integral inputs not supported.")
+    if red == 3 and input.dim() != 0 and input.shape != torch.broadcast_shapes(input.shape, target.shape):
+        # torch divides by the size(0) of input as given, not of the broadcast shape
+        return _run("kl_div", "kl_div", input, target, 2, log_target=log_target,
+                    dtype=_result_type(input, target)) / input.size(0)
     return _run("kl_div", "kl_div", input, target, red, log_target=log_target,
                 dtype=_result_type(input, target))
 
