@@ -201,3 +201,30 @@ def test_empty_input_mean_is_nan_as_torch():
             for red in ("mean", "sum") + (("batchmean",) if fn == "kl_div" else ()):
                 a, b = getattr(MF, fn)(x, t, reduction=red), getattr(F, fn)(x, t, reduction=red)
                 assert a.shape == b.shape and torch.equal(a.isnan(), b.isnan()), (fn, red)
+
+
+# double backward (torch offers it for every one of these losses): gradgradcheck in float64 through
+# the backward op's registered autograd, on every kind and reduction of the fixed samples
+_GG = [i for i, s in enumerate(SPEC.samples("cpp")) if all(v is None or v.numel() for v in s.leaves.values())]
+
+
+@pytest.mark.parametrize("i", _GG)
+def test_pwloss_gradgradcheck(i):
+    testing.check_gradcheck(SPEC, SPEC.samples("cpp")[i], "cpp", gradgrad=True)
+
+
+def test_weighted_mse_l1_huber_as_torch():
+    import inspect
+
+    if "weight" not in inspect.signature(F.mse_loss).parameters:
+        pytest.skip("this torch has no weight argument on mse_loss / l1_loss / huber_loss")
+    g = torch.Generator().manual_seed(8)
+    x, t, w = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g), torch.rand(4, 5, generator=g)
+    for fn in ("mse_loss", "l1_loss", "huber_loss"):
+        for red in ("none", "mean", "sum"):
+            xo, xn = x.clone().requires_grad_(), x.clone().requires_grad_()
+            a, b = getattr(MF, fn)(xo, t, reduction=red, weight=w), getattr(F, fn)(xn, t, reduction=red, weight=w)
+            torch.testing.assert_close(a, b)
+            a.sum().backward()
+            b.sum().backward()
+            torch.testing.assert_close(xo.grad, xn.grad)

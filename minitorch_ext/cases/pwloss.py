@@ -11,6 +11,7 @@ probabilities (log-probabilities under log_target).
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -239,8 +240,12 @@ def _bad_inputs():
              r"kl_div: Integral inputs not supported", "kl_div integer input"),
         _bad(lambda: MF.kl_div(x, t, reduction="batchmeanx"), lambda: F.kl_div(x, t, reduction="batchmeanx"),
              ValueError, r"batchmeanx is not a valid value for reduction", "kl_div invalid reduction"),
-        _bad(lambda: MF.mse_loss(x, t, weight=torch.rand(4)), lambda: F.mse_loss(x, t, weight=torch.rand(4)),
-             ValueError, r"Weights and input must have the same size", "mse weight size"),
+    ]
+    if "weight" in inspect.signature(F.mse_loss).parameters:  # torch >= 2.12: mse/l1/huber take a weight
+        items.append(_bad(lambda: MF.mse_loss(x, t, weight=torch.rand(4)),
+                          lambda: F.mse_loss(x, t, weight=torch.rand(4)), ValueError,
+                          r"Weights and input must have the same size", "mse weight size"))
+    items += [
         BadInput(lambda: MF.mse_loss(x.half(), t.half()), NotImplementedError, r"not implemented for 'Half'",
                  "mse float16 (not taken by our CPU kernels)"),
         BadInput(lambda: MF.mse_loss("x", t), TypeError, r"argument 'input'", "mse input not a tensor"),

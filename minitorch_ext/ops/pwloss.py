@@ -98,6 +98,95 @@ def _wire(sfx: str) -> None:
         return (gx if need_x else None), (gt if need_t else None), None, None, None, None, None, None
 
     torch.library.register_autograd("minitorch_ext::pwloss_fwd" + sfx, backward, setup_context=_setup)
+    torch.library.register_autograd("minitorch_ext::pwloss_bwd" + sfx, _double_backward,
+                                    setup_context=_setup_bwd)
+
+
+# ---------------------------------------------------------------------------
+# double backward (torch offers it for every one of these losses): the backward op computes
+# gx = g * a(x, t), gt = g * b(x, t) with g = grad_output * scale; its own derivatives need
+# a, b and their partials, composed here from differentiable pointwise torch ops (none of them
+# a loss op), so third and higher derivatives follow by autograd.
+# ---------------------------------------------------------------------------
+
+def _scale(x: Tensor, reduction: int) -> float:
+    if reduction == 1:
+        return 1.0 / x.numel() if x.numel() else float("nan")
+    if reduction == 3 and x.dim() > 0:
+        return 1.0 / x.shape[0] if x.shape[0] else float("nan")
+    return 1.0
+
+
+def _partials(kind: str, p: float, log_target: bool, x: Tensor, t: Tensor, w, pw):
+    """(a, b, a_x, a_t, b_x, b_t): the first derivatives of the loss in x and t, and theirs."""
+    zero = torch.zeros_like(x)
+    if kind == "mse":
+        d = x - t
+        a = 2 * d
+        return a, -a, zero + 2, zero - 2, zero - 2, zero + 2
+    if kind in ("l1", "smooth_l1", "huber"):
+        d = x - t
+        if kind == "l1":
+            a, h = torch.sign(d), zero
+        elif kind == "smooth_l1":
+            a = torch.where(d <= -p, -1.0, torch.where(d >= p, 1.0, d / p))
+            h = torch.where(d.abs() < p, 1.0 / p, 0.0).to(x.dtype)
+        else:
+            a = torch.where(d <= -p, -p, torch.where(d >= p, p, d))
+            h = torch.where(d.abs() < p, 1.0, 0.0).to(x.dtype)
+        return a, -a, h, -h, -h, h
+    if kind == "bce":
+        q = (1 - x) * x
+        a = (x - t) / q.clamp_min(1e-12)
+        b = torch.log1p(-x) - torch.log(x)
+        a_x = (q - (x - t) * (1 - 2 * x)) / (q * q)
+        r = (zero, a, b, a_x, -1 / q, -1 / q, zero)
+    elif kind == "bce_logits":
+        sig = torch.sigmoid(x)
+        pwv = pw if pw is not None else torch.ones_like(x)
+        lw = 1 + (pwv - 1) * t
+        a = lw * sig - pwv * t
+        b = torch.nn.functional.logsigmoid(-x) - torch.nn.functional.logsigmoid(x) * pwv if pw is not None else -x
+        r = (zero, a, b, lw * sig * (1 - sig), (pwv - 1) * sig - pwv, -sig - pwv * (1 - sig), zero)
+    elif log_target:
+        e = torch.exp(t)
+        return -e, e * (t - x + 1), zero, -e, -e, e * (t - x + 2)
+    else:
+        lt = torch.where(t == 0, 0.0, torch.log(t)).to(x.dtype)
+        return -t, lt + t / t - x, zero, zero - 1, zero - 1, 1 / t
+    _, a, b, a_x, a_t, b_x, b_t = r
+    if w is not None:
+        a, b, a_x, a_t, b_x, b_t = (v * w for v in (a, b, a_x, a_t, b_x, b_t))
+    return a, b, a_x, a_t, b_x, b_t
+
+
+def _setup_bwd(ctx, inputs, output):
+    grad_output, input, target, weight, pos_weight, kind, param, reduction, log_target, need_x, need_t = inputs
+    ctx.save_for_backward(grad_output, input, target, weight, pos_weight)
+    ctx.args = (kind, param, reduction, log_target, need_x, need_t)
+
+
+def _double_backward(ctx, ggx, ggt):
+    go, x, t, w, pw = ctx.saved_tensors
+    kind, p, reduction, log_target, need_x, need_t = ctx.args
+    a, b, a_x, a_t, b_x, b_t = _partials(kind, p, log_target, x, t, w, pw)
+    s = _scale(x, reduction)
+    gx_up = ggx if (need_x and ggx is not None and ggx.shape == x.shape) else None
+    gt_up = ggt if (need_t and ggt is not None and ggt.shape == x.shape) else None
+    dgo = dx = dt = None
+    terms_go = [u * v for u, v in ((gx_up, a), (gt_up, b)) if u is not None]
+    if terms_go and ctx.needs_input_grad[0]:
+        dgo = sum(terms_go) * s
+        if reduction != 0:
+            dgo = dgo.sum().reshape(go.shape)
+    g = go * s if reduction == 0 else go.reshape(()) * s
+    if ctx.needs_input_grad[1]:
+        tx = [u * v for u, v in ((gx_up, a_x), (gt_up, b_x)) if u is not None]
+        dx = g * sum(tx) if tx else None
+    if ctx.needs_input_grad[2]:
+        tt = [u * v for u, v in ((gx_up, a_t), (gt_up, b_t)) if u is not None]
+        dt = g * sum(tt) if tt else None
+    return (dgo, dx, dt) + (None,) * 8
 
 
 _wire("")
