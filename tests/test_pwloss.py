@@ -228,3 +228,17 @@ def test_weighted_mse_l1_huber_as_torch():
             a.sum().backward()
             b.sum().backward()
             torch.testing.assert_close(xo.grad, xn.grad)
+
+
+def test_no_aten_loss_op_runs_in_double_backward():
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(3, 5, generator=g).clamp(0.05, 0.95).requires_grad_()
+    t = torch.rand(3, 5, generator=g).requires_grad_()
+    pw = torch.rand(5, generator=g)
+    with _AtenTrace() as tr:
+        for y in (MF.binary_cross_entropy_with_logits(x, t, pos_weight=pw), MF.binary_cross_entropy(x, t),
+                  MF.kl_div(x, t, reduction="batchmean"), MF.smooth_l1_loss(x, t, beta=0.3)):
+            gx, gt = torch.autograd.grad(y, [x, t], create_graph=True)
+            (gx.pow(2).sum() + gt.pow(2).sum()).backward()
+    bad = [n for n in tr.names if n.startswith("aten::") and any(f in n for f in FORBIDDEN)]
+    assert not bad, bad

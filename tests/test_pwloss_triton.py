@@ -105,3 +105,15 @@ def test_pwloss_triton_hypothesis_parity(dtype):
         testing.check_parity(SPEC, sample, "triton", dtype, device=DEV)
 
     run()
+
+
+def test_pwloss_triton_gradgradcheck():
+    # the double backward composes pointwise torch ops over the Triton backward op's inputs
+    for sample in (_samples()[3], _samples()[5]):  # bce with a weight, kl_div log_target batchmean
+        leaves = sample.cast(torch.float64, DEV, requires_grad=True)
+
+        def f(x, t):
+            with mte.use_backend("triton"):
+                return sample.build(SPEC.ours, {**leaves, "input": x, "target": t})
+
+        assert torch.autograd.gradgradcheck(f, (leaves["input"], leaves["target"]), fast_mode=True)

@@ -117,6 +117,10 @@ def _scale(x: Tensor, reduction: int) -> float:
     return 1.0
 
 
+def _logsig(x: Tensor) -> Tensor:
+    return torch.clamp_max(x, 0) - torch.log1p(torch.exp(-x.abs()))
+
+
 def _partials(kind: str, p: float, log_target: bool, x: Tensor, t: Tensor, w, pw):
     """(a, b, a_x, a_t, b_x, b_t): the first derivatives of the loss in x and t, and theirs."""
     zero = torch.zeros_like(x)
@@ -146,7 +150,7 @@ def _partials(kind: str, p: float, log_target: bool, x: Tensor, t: Tensor, w, pw
         pwv = pw if pw is not None else torch.ones_like(x)
         lw = 1 + (pwv - 1) * t
         a = lw * sig - pwv * t
-        b = torch.nn.functional.logsigmoid(-x) - torch.nn.functional.logsigmoid(x) * pwv if pw is not None else -x
+        b = _logsig(-x) - _logsig(x) * pwv if pw is not None else -x
         r = (zero, a, b, lw * sig * (1 - sig), (pwv - 1) * sig - pwv, -sig - pwv * (1 - sig), zero)
     elif log_target:
         e = torch.exp(t)
