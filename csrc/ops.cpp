@@ -210,7 +210,7 @@ TORCH_LIBRARY(minitorch_ext, m) {
 //   "bce_logits" | "kl_div" (log_target). reduction: 0 none, 1 mean, 2 sum, 3 batchmean
 //   (kl_div: sum / size(0), sum for a 0-d input). input, target, weight, pos_weight: one shape
 //   (Python expands broadcast operands; the kernels read expanded strides), one dtype
-//   (float32, float64, bfloat16 with float32 math). weight: bce/bce_logits; pos_weight: bce_logits.
+//   (float32, float64, bfloat16/float16 with float32 math). weight: bce/bce_logits; pos_weight: bce_logits.
 // pwloss_fwd: the loss ('none': input's shape; else a 0-d tensor). bce: input outside [0, 1]
 //   (or NaN) is torch's RuntimeError "all elements of input should be between 0 and 1".
 // pwloss_bwd: (grad_input, grad_target); an output not asked for (need_*) is an empty [0] tensor.

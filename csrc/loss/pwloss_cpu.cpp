@@ -9,7 +9,7 @@
 // Algorithm. The flat index range [0, numel) is cut into chunks of kChunk = 4096
 // elements (a fixed size, independent of the thread count); chunks are split over
 // threads with at::parallel_for. Inside a chunk the elementwise loss (or its
-// gradients) is computed in at::vec lanes (float32 math for float32/bfloat16,
+// gradients) is computed in at::vec lanes (float32 math for float32/bfloat16/float16,
 // float64 for float64) by a small per-kind functor (template on the kind, so the
 // switch is resolved once per call, not per element). For reduction 'none' the
 // loss is stored; for 'mean'/'sum'/'batchmean' each chunk sums its losses in one
@@ -84,8 +84,11 @@ template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <typename T>
+constexpr bool is_reduced = std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>;
+
+template <typename T>
 inline Vectorized<acc_t<T>> ld(const T* p) {
-  if constexpr (std::is_same_v<T, at::BFloat16>) {
+  if constexpr (is_reduced<T>) {
     Vectorized<float> v;
     at::vec::load_to_float(p, v);
     return v;
@@ -96,10 +99,10 @@ inline Vectorized<acc_t<T>> ld(const T* p) {
 
 template <typename T>
 inline void st(const Vectorized<acc_t<T>>& v, T* p) {
-  if constexpr (std::is_same_v<T, at::BFloat16>) {
-    // one float vector -> the low half of a bfloat16 vector (round to nearest even), a masked
-    // store of its 16 lanes (at::vec::convert would take its scalar loop for fewer than 32)
-    at::vec::convert_from_float<at::BFloat16>(v, v).store(p, Vectorized<float>::size());
+  if constexpr (is_reduced<T>) {
+    // one float vector -> the low half of a bfloat16/float16 vector (round to nearest even), a
+    // masked store of its 16 lanes (at::vec::convert would take its scalar loop for fewer than 32)
+    at::vec::convert_from_float<T>(v, v).store(p, Vectorized<float>::size());
   } else {
     v.store(p);
   }
@@ -440,9 +443,9 @@ std::tuple<at::Tensor, at::Tensor> bwd_impl(const at::Tensor& grad_output, const
 
 void check_args(const char* fn, const Args& a) {
   const auto dt = a.input.scalar_type();
-  TORCH_CHECK_NOT_IMPLEMENTED(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16, fn,
+  TORCH_CHECK_NOT_IMPLEMENTED(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf, fn,
                               ": input: not implemented for '", at::toString(dt),
-                              "' (minitorch_ext losses take float32, float64 and bfloat16)");
+                              "' (minitorch_ext losses take float32, float64, bfloat16 and float16)");
   TORCH_CHECK(a.target.scalar_type() == dt, fn, ": target: expected dtype ", dt, " (the dtype of input), got ",
               a.target.scalar_type());
   TORCH_CHECK(a.target.sizes() == a.input.sizes(), fn, ": target: expected shape ", a.input.sizes(),
@@ -486,7 +489,7 @@ at::Tensor pwloss_fwd(const at::Tensor& input, const at::Tensor& target, const s
          log_target};
   check_args("pwloss_fwd", a);
   at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "pwloss_fwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pwloss_fwd", [&] {
     out = by_kind(a.kind, [&](auto k) { return fwd_impl<decltype(k)::value, scalar_t>(a); });
   });
   return out;
@@ -510,7 +513,7 @@ std::tuple<at::Tensor, at::Tensor> pwloss_bwd(const at::Tensor& grad_output, con
                 grad_output.sizes());
   }
   std::tuple<at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "pwloss_bwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pwloss_bwd", [&] {
     out = by_kind(a.kind, [&](auto k) {
       return bwd_impl<decltype(k)::value, scalar_t>(grad_output, a, need_input, need_target);
     });

@@ -246,8 +246,8 @@ def _bad_inputs():
                           lambda: F.mse_loss(x, t, weight=torch.rand(4)), ValueError,
                           r"Weights and input must have the same size", "mse weight size"))
     items += [
-        BadInput(lambda: MF.mse_loss(x.half(), t.half()), NotImplementedError, r"not implemented for 'Half'",
-                 "mse float16 (not taken by our CPU kernels)"),
+        _bad(lambda: MF.mse_loss(x.int(), t.int()), lambda: F.mse_loss(x.int(), t.int()), NotImplementedError,
+             r"not implemented for 'Int'", "mse integer input and target"),
         BadInput(lambda: MF.mse_loss("x", t), TypeError, r"argument 'input'", "mse input not a tensor"),
         # the raw ops check their arguments too
         BadInput(lambda: OPS.pwloss_fwd(x, t[:1], None, None, "mse", 0.0, 1, False), RuntimeError,
@@ -268,7 +268,7 @@ def _bad_inputs():
 
 def spec() -> OpSpec:
     return OpSpec(name="pwloss", ours=_ours, native=_native, samples=_fixed, strategy=_strategy, raw_ops=_raw_ops,
-                  bad_inputs=_bad_inputs, autocast=((torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)))
+                  bad_inputs=_bad_inputs, dtypes=(torch.float32, torch.bfloat16, torch.float16), autocast=((torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)))
 
 
 class _LossModel(torch.nn.Module):

@@ -30,7 +30,7 @@ from .. import _backend
 from ._registry import register_autocast_policy, triton_custom_op
 
 _OPS = torch.ops.minitorch_ext
-_FLOATS = (torch.float32, torch.float64, torch.bfloat16)
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _NAMES = {torch.float16: "Half", torch.int64: "Long", torch.int32: "Int", torch.bool: "Bool"}
 _RED = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
 
