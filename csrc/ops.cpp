@@ -225,3 +225,22 @@ TORCH_LIBRARY(minitorch_ext, m) {
   m.def("group_norm_bwd(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, Tensor rstd, "
         "int num_groups, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }
+
+// ---- pwloss family: pointwise losses (mse, l1, smooth_l1, huber, bce, bce_logits, kl_div) ----
+// One generic op pair for all seven (kernels: csrc/loss/pwloss_cpu.cpp, pwloss_cuda.cu,
+// kernels/pwloss.py; Python side: minitorch_ext/ops/pwloss.py).
+// kind: "mse" | "l1" | "smooth_l1" (param = beta > 0) | "huber" (param = delta > 0) | "bce" |
+//   "bce_logits" | "kl_div" (log_target). reduction: 0 none, 1 mean, 2 sum, 3 batchmean
+//   (kl_div: sum / size(0), sum for a 0-d input). input, target, weight, pos_weight: one shape
+//   (Python expands broadcast operands; the kernels read expanded strides), one dtype
+//   (float32, float64, bfloat16/float16 with float32 math). weight: bce/bce_logits; pos_weight: bce_logits.
+// pwloss_fwd: the loss ('none': input's shape; else a 0-d tensor). bce: input outside [0, 1]
+//   (or NaN) is torch's RuntimeError "all elements of input should be between 0 and 1".
+// pwloss_bwd: (grad_input, grad_target); an output not asked for (need_*) is an empty [0] tensor.
+TORCH_LIBRARY_FRAGMENT(minitorch_ext, m) {
+  m.def("pwloss_fwd(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, str kind, float param, "
+        "int reduction, bool log_target) -> Tensor");
+  m.def("pwloss_bwd(Tensor grad_output, Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
+        "str kind, float param, int reduction, bool log_target, bool need_input, bool need_target) "
+        "-> (Tensor, Tensor)");
+}

@@ -75,3 +75,13 @@ timeout 150 $PY -m minitorch_ext.bench all --device cuda --json "$OUT/bench_cuda
 say "bench (rc=$?, $(( $(date +%s) - t0 )) s):"
 cat "$OUT/bench_cuda.txt" >> "$summary"
 tail -60 "$OUT/bench_cuda.txt"
+
+# ---- pwloss family (pointwise losses): CUDA kernel tally (tests ran with -m cuda above) and the
+# Triton kernels compiled on cuda (tests/test_pwloss_triton.py: DEV is cuda without TRITON_INTERPRET)
+nf=$(grep -cE "^(FAILED|ERROR) tests/test_pwloss_cuda\.py" "$OUT/tests.txt")
+say "  pwloss cuda: ${nf} failed"
+t0=$(date +%s)
+timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_pwloss_triton.py > "$OUT/pwloss_triton.txt" 2>&1
+say "triton pwloss (rc=$?, $(( $(date +%s) - t0 )) s):"
+grep -E "passed|failed|error" "$OUT/pwloss_triton.txt" | tail -3 | tee -a "$summary"
+grep -E "^(FAILED|ERROR)" "$OUT/pwloss_triton.txt" | head -20 | tee -a "$summary"

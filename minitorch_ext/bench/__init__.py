@@ -59,3 +59,6 @@ def get_family(name: str) -> Callable:
 __all__ = ["FAMILIES", "register", "get_family"]
 FAMILIES["pool"] = "minitorch_ext.bench.pool:pool"
 FAMILIES["batchnorm"] = "minitorch_ext.bench.bnorm:batchnorm"
+
+# ---- pwloss family (pointwise losses) ----
+FAMILIES["pwloss"] = "minitorch_ext.bench.pwloss:pwloss"

@@ -14,3 +14,8 @@ FAMILIES = {
     "pool": lambda: [pool.spec()],
 }
 
+
+# ---- pwloss family (pointwise losses) ----
+from . import pwloss  # noqa: E402
+
+FAMILIES["pwloss"] = lambda: [pwloss.spec()]

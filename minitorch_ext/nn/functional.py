@@ -15,3 +15,8 @@ __all__ += ["max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d", "adaptive_av
 
 from ..ops.bnorm import batch_norm, group_norm, instance_norm
 __all__ += ["batch_norm", "group_norm", "instance_norm"]
+# ---- pwloss family (pointwise losses) ----
+from ..ops.pwloss import (binary_cross_entropy, binary_cross_entropy_with_logits, huber_loss, kl_div,  # noqa: E402
+                          l1_loss, mse_loss, smooth_l1_loss)
+__all__ += ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+            "binary_cross_entropy_with_logits", "kl_div"]

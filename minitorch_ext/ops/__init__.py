@@ -10,3 +10,6 @@ from . import attention  # noqa: F401
 from . import conv  # noqa: F401
 from . import pool  # noqa: F401
 from . import bnorm  # noqa: F401
+
+# ---- pwloss family (pointwise losses) ----
+from . import pwloss  # noqa: F401,E402
