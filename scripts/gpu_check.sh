@@ -85,3 +85,8 @@ timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_pwloss_triton.py > "$
 say "triton pwloss (rc=$?, $(( $(date +%s) - t0 )) s):"
 grep -E "passed|failed|error" "$OUT/pwloss_triton.txt" | tail -3 | tee -a "$summary"
 grep -E "^(FAILED|ERROR)" "$OUT/pwloss_triton.txt" | head -20 | tee -a "$summary"
+
+# ---- bnorm family: CUDA kernel tally (tests/test_batchnorm_cuda.py ran with -m cuda above) and the
+# Triton kernels on cuda through the running-stats test (backend triton)
+nf=$(grep -cE "^(FAILED|ERROR) tests/test_batchnorm_cuda\.py" "$OUT/tests.txt")
+say "  bnorm cuda: ${nf} failed"
