@@ -55,13 +55,23 @@ using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 constexpr int64_t kTile = 4096;  // elements per statistics tile (16 KB of float: L1)
 
 // a span of scalar_t as acc_t: the data itself for float/double, else widened into buf
+// (bfloat16/float16: one reduced vector -> two float vectors at a time; at::vec::convert
+// would take its scalar loop for these)
 template <typename scalar_t, typename acc_t>
 inline const acc_t* widen(const scalar_t* p, int64_t n, std::vector<acc_t>& buf) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return p;
   } else {
     if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
-    at::vec::convert(p, buf.data(), n);
+    using bVec = Vectorized<scalar_t>;
+    constexpr int64_t B = bVec::size(), F = Vectorized<float>::size();
+    int64_t i = 0;
+    for (; i + B <= n; i += B) {
+      auto [a, b] = at::vec::convert_to_float<scalar_t>(bVec::loadu(p + i));
+      a.store(buf.data() + i);
+      b.store(buf.data() + i + F);
+    }
+    for (; i < n; ++i) buf[i] = static_cast<float>(p[i]);
     return buf.data();
   }
 }
@@ -72,7 +82,12 @@ inline void narrow(const acc_t* src, scalar_t* dst, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (src != dst) std::copy(src, src + n, dst);
   } else {
-    at::vec::convert(src, dst, n);
+    using fVec = Vectorized<float>;
+    constexpr int64_t B = Vectorized<scalar_t>::size(), F = fVec::size();
+    int64_t i = 0;
+    for (; i + B <= n; i += B)
+      at::vec::convert_from_float<scalar_t>(fVec::loadu(src + i), fVec::loadu(src + i + F)).store(dst + i);
+    for (; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
   }
 }
 
@@ -298,17 +313,23 @@ void channel_stats(const scalar_t* x, const Layout& L, std::vector<double>& mean
       }
     }
   });
-  at::parallel_for(0, C, 64, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      Stat st;
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t cnt = std::min(M, (b + 1) * R) - b * R;
-        st.merge(static_cast<double>(cnt), bmean[b * C + c], bm2[b * C + c]);
-      }
-      mean[c] = st.mean;
-      m2[c] = st.m2;
+  // Chan's merge, block after block: the counts are the same for every channel, so the
+  // divisions are per block and the channel loop is plain multiply-adds (vectorized)
+  double n = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    const double cnt = static_cast<double>(std::min(M, (b + 1) * R) - b * R), tot = n + cnt;
+    const double f1 = cnt / tot, f2 = n * cnt / tot;
+    const acc_t* bm = bmean.data() + b * C;
+    const acc_t* bq = bm2.data() + b * C;
+    double* mp = mean.data();
+    double* qp = m2.data();
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = static_cast<double>(bm[c]) - mp[c];
+      mp[c] += d * f1;
+      qp[c] += static_cast<double>(bq[c]) + d * d * f2;
     }
-  });
+    n = tot;
+  }
 }
 
 // y = x*a[c] + b[c]
@@ -389,21 +410,20 @@ void channel_grad_sums(const scalar_t* dy, const scalar_t* x, const Layout& L, c
         const acc_t* g = widen<scalar_t, acc_t>(dy + r * C, C, b1);
         const acc_t* v = widen<scalar_t, acc_t>(x + r * C, C, b2);
         at::vec::map2([](auto q, auto gv) { return q + gv; }, q1, q1, g, C);
-        for (int64_t c = 0; c < C; ++c) q2[c] += g[c] * (v[c] - mean[c]);
+        at::vec::map4([](auto q, auto gv, auto xv, auto mv) { return q + gv * (xv - mv); }, q2, q2, g, v,
+                      mean.data(), C);
       }
     }
   });
-  at::parallel_for(0, C, 64, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      double s1 = 0, s2 = 0;
-      for (int64_t b = 0; b < nb; ++b) {
-        s1 += p1[b * C + c];
-        s2 += p2[b * C + c];
-      }
-      sdy[c] = s1;
-      sdyx[c] = s2;
+  // block partials summed in block order (channel loop innermost: vectorized)
+  for (int64_t b = 0; b < nb; ++b) {
+    const acc_t* a1 = p1.data() + b * C;
+    const acc_t* a2 = p2.data() + b * C;
+    for (int64_t c = 0; c < C; ++c) {
+      sdy[c] += a1[c];
+      sdyx[c] += a2[c];
     }
-  });
+  }
 }
 
 // dx = k1[c]*dy + k2[c]*x + k3[c]
@@ -438,7 +458,14 @@ void channel_dx(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const Layou
     for (int64_t r = r0; r < r1; ++r) {
       const acc_t* g = widen<scalar_t, acc_t>(dy + r * C, C, b1);
       const acc_t* v = widen<scalar_t, acc_t>(x + r * C, C, b2);
-      for (int64_t c = 0; c < C; ++c) out[c] = k1[c] * g[c] + (k2[c] * v[c] + k3[c]);
+      using Vec = Vectorized<acc_t>;
+      constexpr int64_t W = Vec::size();
+      int64_t c = 0;
+      for (; c + W <= C; c += W) {
+        const Vec t = at::vec::fmadd(Vec::loadu(v + c), Vec::loadu(k2.data() + c), Vec::loadu(k3.data() + c));
+        at::vec::fmadd(Vec::loadu(g + c), Vec::loadu(k1.data() + c), t).store(out.data() + c);
+      }
+      for (; c < C; ++c) out[c] = k1[c] * g[c] + (k2[c] * v[c] + k3[c]);
       narrow(out.data(), dx + r * C, C);
     }
   });

@@ -47,10 +47,11 @@ def _cases(ctx: Context, case: str, nn, shape, fmt, dtype, dname):
     x0 = torch.randn(shape, generator=gen, device=dev).to(dtype).contiguous(memory_format=mf)
     dy0 = torch.randn(shape, generator=gen, device=dev).to(dtype).contiguous(memory_format=mf)
     ours_m, nat_m = nn.BatchNorm2d(C).to(dev), torch.nn.BatchNorm2d(C).to(dev)
+    w0, b0 = torch.rand(C, generator=gen, device=dev) + 0.5, torch.randn(C, generator=gen, device=dev)
     with torch.no_grad():
         for m in (ours_m, nat_m):
-            m.weight.copy_(torch.rand(C, generator=gen, device=dev) + 0.5)
-            m.bias.copy_(torch.randn(C, generator=gen, device=dev))
+            m.weight.copy_(w0)
+            m.bias.copy_(b0)
     xbytes = x0.numel() * x0.element_size()
     nsets = ctx.input_sets(xbytes)
     rot = Rotation([_Inputs(x0.clone(memory_format=torch.preserve_format), dy0.clone()) for _ in range(nsets)])
