@@ -58,3 +58,6 @@ def get_family(name: str) -> Callable:
 
 __all__ = ["FAMILIES", "register", "get_family"]
 FAMILIES["pool"] = "minitorch_ext.bench.pool:pool"
+# dropout / embedding family
+FAMILIES["dropout"] = "minitorch_ext.bench.dropemb:dropout"
+FAMILIES["embedding"] = "minitorch_ext.bench.dropemb:embedding"

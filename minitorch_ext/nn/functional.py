@@ -12,3 +12,7 @@ __all__ = ["layer_norm", "rms_norm", "linear", "parse_activation", "relu", "relu
            "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax",
            "scaled_dot_product_attention", "conv1d", "conv2d"]
 __all__ += ["max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool1d"]
+# dropout / embedding family
+from ..ops.dropout import dropout, dropout1d, dropout2d  # noqa: E402
+from ..ops.embedding import embedding  # noqa: E402
+__all__ += ["dropout", "dropout1d", "dropout2d", "embedding"]

@@ -9,3 +9,6 @@ from . import activation  # noqa: F401
 from . import attention  # noqa: F401
 from . import conv  # noqa: F401
 from . import pool  # noqa: F401
+# dropout / embedding family
+from . import dropout  # noqa: F401,E402
+from . import embedding  # noqa: F401,E402

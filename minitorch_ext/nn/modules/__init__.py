@@ -9,3 +9,7 @@ from .pooling import AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d,
 __all__ = ["LayerNorm", "RMSNorm", "Linear", "ReLU", "LeakyReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax",
            "LogSoftmax", "Conv1d", "Conv2d", "MultiheadAttention"]
 __all__ += ["MaxPool2d", "MaxPool1d", "AvgPool2d", "AvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool1d"]
+# dropout / embedding family
+from .dropout import Dropout, Dropout1d, Dropout2d  # noqa: E402
+from .sparse import Embedding  # noqa: E402
+__all__ += ["Dropout", "Dropout1d", "Dropout2d", "Embedding"]

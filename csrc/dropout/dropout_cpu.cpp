@@ -1,0 +1,176 @@
+// Dropout on the CPU: dropout_fwd, dropout_fwd_ (in place), dropout_bwd (schemas in
+// csrc/ops.cpp).
+//
+// Algorithm: element (or channel) c is kept iff its Philox4x32-10 word (word c % 4 of
+// the counter c / 4, key = the 64-bit seed: csrc/common/philox.h, the NumPy reference
+// minitorch_ext/_philox.py) is >= floor(p * 2^32); a kept element is scaled by
+// 1/(1-p), a dropped one multiplied by 0 (so a NaN stays NaN, as torch's x * mask).
+// channel_size > 1 (dropout1d/2d, torch's feature dropout): the mask index is the
+// (n, c) channel index c = i / channel_size, broadcast over the channel's elements.
+// Backward is the same map applied to grad_output: the mask is regenerated from
+// (seed, index), never stored (torch keeps a float mask of the input's size).
+//
+// Parallelism: parallel_for over blocks of elements (channels); inside a block the
+// words of 2048 consecutive elements are made into an L1 scratch (eight counters =
+// 32 words per AVX2 Philox call, sixteen per AVX-512 call), then one vectorizable
+// pass computes y = x * (w >= t ? s : 0) in float (double for float64); bfloat16 and
+// float16 are widened to float in the same L1 block and rounded once.
+// Memory traffic: read x once, write y once (8 bytes an element for float32), no mask
+// tensor; the Philox words live only in L1. torch's CPU dropout writes a float mask
+// (bernoulli_), scales it, then multiplies: three passes plus the mask's allocation.
+// The trick: a counter-based generator makes the mask a pure function of the index,
+// so forward and backward each run as one streaming pass, in any order, on any
+// number of threads, with the same bits.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/alloc.h"
+#include "common/philox.h"
+
+namespace mte {
+namespace {
+
+constexpr int64_t kBlock = 2048;  // elements whose words are made at once (8 KB of scratch)
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// the L1 widening buffer of a block: bfloat16 / float16 only
+template <typename T>
+struct WideBuf {
+  static constexpr int64_t n = std::is_same_v<T, acc_t<T>> ? 1 : kBlock;
+};
+
+// y[j] = x[j] * (w[j] >= t ? s : 0), j < n (an autovectorized loop: vpcmpud + masked mul)
+template <typename A>
+inline void apply_mask(const A* x, A* y, const uint32_t* w, int64_t n, uint32_t t, A s) {
+  for (int64_t j = 0; j < n; ++j) y[j] = x[j] * (w[j] >= t ? s : A(0));
+}
+
+template <typename A>
+inline void scale_by(const A* x, A* y, int64_t n, A m) {
+  for (int64_t j = 0; j < n; ++j) y[j] = x[j] * m;
+}
+
+// The map y = x * keep / (1 - p) on n contiguous elements (y may alias x).
+template <typename T>
+void dropout_map(const T* x, T* y, int64_t n, double p, uint64_t seed, int64_t cs) {
+  using A = acc_t<T>;
+  constexpr bool kWide = !std::is_same_v<T, A>;  // bfloat16 / float16: widen into L1
+  const bool all = p >= 1.0;
+  const uint32_t t = philox_threshold(p);
+  const A s = all ? A(0) : static_cast<A>(1.0 / (1.0 - p));
+  if (cs == 1) {
+    at::parallel_for(0, (n + kBlock - 1) / kBlock, 16, [&](int64_t b0, int64_t b1) {
+      alignas(64) uint32_t scratch[kBlock + 48];
+      alignas(64) A xb[WideBuf<T>::n], yb[WideBuf<T>::n];
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t i0 = b * kBlock, len = std::min(kBlock, n - i0);
+        const A* xs;
+        A* ys;
+        if constexpr (kWide) {
+          at::vec::convert(x + i0, xb, len);
+          xs = xb;
+          ys = yb;
+        } else {
+          xs = x + i0;
+          ys = y + i0;
+        }
+        if (all) {
+          scale_by(xs, ys, len, A(0));
+        } else {
+          const uint32_t* w = philox_row(seed, static_cast<uint64_t>(i0), len, scratch);
+          apply_mask(xs, ys, w, len, t, s);
+        }
+        if constexpr (kWide) at::vec::convert(yb, y + i0, len);
+      }
+    });
+    return;
+  }
+  // channel dropout: one word per channel, broadcast over its cs elements
+  const int64_t nch = n / cs;
+  const int64_t grain = std::max<int64_t>(1, 32768 / cs);
+  at::parallel_for(0, nch, grain, [&](int64_t c0, int64_t c1) {
+    alignas(64) uint32_t scratch[kBlock + 48];
+    alignas(64) A xb[WideBuf<T>::n];
+    for (int64_t cb = c0; cb < c1; cb += kBlock) {
+      const int64_t nc = std::min(kBlock, c1 - cb);
+      const uint32_t* w = all ? nullptr : philox_row(seed, static_cast<uint64_t>(cb), nc, scratch);
+      for (int64_t k = 0; k < nc; ++k) {
+        const A m = (w != nullptr && w[k] >= t) ? s : A(0);
+        const T* xc = x + (cb + k) * cs;
+        T* yc = y + (cb + k) * cs;
+        if constexpr (kWide) {
+          for (int64_t j = 0; j < cs; j += kBlock) {
+            const int64_t len = std::min(kBlock, cs - j);
+            at::vec::convert(xc + j, xb, len);
+            scale_by(xb, xb, len, m);
+            at::vec::convert(xb, yc + j, len);
+          }
+        } else {
+          scale_by(xc, yc, cs, m);
+        }
+      }
+    }
+  });
+}
+
+void check_args(const at::Tensor& t, const char* name, double p, int64_t channel_size) {
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "dropout probability has to be between 0 and 1, but got ", p);
+  TORCH_CHECK(channel_size >= 1, "channel_size: expected >= 1, got ", channel_size);
+  TORCH_CHECK(t.numel() % channel_size == 0, "channel_size: ", channel_size, " does not divide the ", t.numel(),
+              " elements of ", name);
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf, name,
+              ": expected a floating point tensor (float32, float64, bfloat16 or float16), got ", st);
+}
+
+void run(const at::Tensor& src, at::Tensor& dst, double p, int64_t seed, int64_t cs) {
+  if (src.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, src.scalar_type(), "dropout", [&] {
+    dropout_map<scalar_t>(src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), src.numel(), p,
+                          static_cast<uint64_t>(seed), cs);
+  });
+}
+
+at::Tensor dropout_fwd(const at::Tensor& input, double p, int64_t seed, int64_t channel_size) {
+  check_args(input, "input", p, channel_size);
+  const at::Tensor x = input.contiguous();
+  at::Tensor y = new_output(x.sizes(), x.options());
+  run(x, y, p, seed, channel_size);
+  return y;
+}
+
+void dropout_fwd_(at::Tensor& input, double p, int64_t seed, int64_t channel_size) {
+  check_args(input, "input", p, channel_size);
+  if (input.is_contiguous()) {
+    run(input, input, p, seed, channel_size);
+    return;
+  }
+  at::Tensor x = input.contiguous();
+  run(x, x, p, seed, channel_size);
+  input.copy_(x);
+}
+
+at::Tensor dropout_bwd(const at::Tensor& grad_output, double p, int64_t seed, int64_t channel_size) {
+  check_args(grad_output, "grad_output", p, channel_size);
+  const at::Tensor g = grad_output.contiguous();
+  at::Tensor gi = new_output(g.sizes(), g.options());
+  run(g, gi, p, seed, channel_size);
+  return gi;
+}
+
+}  // namespace
+}  // namespace mte
+
+TORCH_LIBRARY_IMPL(minitorch_ext, CPU, m) {
+  m.impl("dropout_fwd", &mte::dropout_fwd);
+  m.impl("dropout_fwd_", &mte::dropout_fwd_);
+  m.impl("dropout_bwd", &mte::dropout_bwd);
+}
