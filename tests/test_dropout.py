@@ -88,7 +88,7 @@ def test_backward_uses_the_forwards_mask(kind, dtype):
     dy = torch.randn(y.shape).to(dtype)
     y.backward(dy)
     g = x.grad.reshape(y.shape)
-    s = torch.tensor(1 / 0.6).to(dtype).float()
+    s = torch.tensor(1 / 0.6, dtype=torch.float32)  # the kernel scales in float32, rounding once
     keep = y != 0
     assert torch.equal(g != 0, keep & (dy != 0))
     torch.testing.assert_close(g.float(), (dy.float() * keep * s).to(dtype).float(), rtol=0, atol=0)
@@ -101,7 +101,7 @@ def test_no_draw_cases_return_the_input_itself():
               lambda: MF.dropout(x, 0.0, inplace=True), lambda: MF.dropout2d(x.view(2, 2, 5), 0.5, training=False),
               lambda: MF.dropout1d(x, 0.0)):
         y = f()
-        assert y.data_ptr() == x.data_ptr() and torch.equal(y, x)
+        assert y.data_ptr() == x.data_ptr() and torch.equal(y.reshape(x.shape), x)
     assert MF.dropout(x, 0.5, training=False) is x and F.dropout(x, 0.5, training=False) is x
     assert torch.equal(torch.random.get_rng_state(), state)  # nothing drawn
     e = torch.randn(0, 3)

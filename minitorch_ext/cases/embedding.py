@@ -53,8 +53,8 @@ def embedding_sample(V: int, D: int, idx_shape, seed: int, idx_dtype=torch.int64
 
 
 TRITON_FIXED = [
-    (7, 5, (3, 4), dict(padding_idx=1)),
-    (5, 9, (6,), dict(scale_grad_by_freq=True)),
+    (7, 5, (3, 4), dict(padding_idx=5)),
+    (5, 9, (6,), dict(padding_idx=-2)),
 ]
 
 
@@ -64,18 +64,19 @@ def _fixed(backend: str):
     cases = [
         (10, 4, (3, 5), torch.int64, "contig", dict()),
         (7, 9, (2, 3, 4), torch.int32, "contig", dict(padding_idx=2)),
-        (6, 5, (11,), torch.int64, "noncontig", dict(padding_idx=-1, scale_grad_by_freq=True)),
+        (6, 5, (11,), torch.int64, "noncontig", dict(padding_idx=-1)),
         (9, 3, (), torch.int64, "contig", dict()),
         (8, 17, (0, 3), torch.int64, "contig", dict()),
-        (12, 33, (4, 8), torch.int64, "contig", dict(scale_grad_by_freq=True, padding_idx=0)),
+        (12, 33, (4, 8), torch.int64, "contig", dict()),
     ]
     return [embedding_sample(V, D, s, seed=i, idx_dtype=dt, layout=lay, **kw)
             for i, (V, D, s, dt, lay, kw) in enumerate(cases)]
 
 
 def max_norm_samples():
-    """max_norm samples: parity and opcheck only (gradcheck's numerical derivative would see the
-    renorm's dependence on the weight, which torch's gradient, and ours, leave out by design)."""
+    """max_norm, scale_grad_by_freq and referenced-padding_idx samples: parity and opcheck only.
+    Their gradient is not the Jacobian by design (torch's and ours): the renorm's dependence on the
+    weight is left out, scale_grad_by_freq divides by the index counts, the padding row gets none."""
     cases = [
         (8, 6, (4, 4), torch.int32, "contig", dict(max_norm=1.0)),
         (8, 6, (5,), torch.int64, "noncontig", dict(max_norm=0.7, norm_type=1.0)),
@@ -83,7 +84,11 @@ def max_norm_samples():
         (6, 4, (7,), torch.int64, "contig", dict(max_norm=0.5, norm_type=float("inf"), scale_grad_by_freq=True)),
     ]
     return [embedding_sample(V, D, s, seed=100 + i, idx_dtype=dt, layout=lay, **kw)
-            for i, (V, D, s, dt, lay, kw) in enumerate(cases)]
+            for i, (V, D, s, dt, lay, kw) in enumerate(cases)] + [
+        embedding_sample(6, 5, (11,), seed=120, layout="noncontig", padding_idx=-1, scale_grad_by_freq=True),
+        embedding_sample(12, 33, (4, 8), seed=121, scale_grad_by_freq=True, padding_idx=0),
+        embedding_sample(10, 7, (5, 3), seed=123, padding_idx=1),  # a referenced padding row: no gradient
+        embedding_sample(5, 9, (6,), seed=122, idx_dtype=torch.int32, scale_grad_by_freq=True)]
 
 
 def _strategy(backend: str):
@@ -159,7 +164,7 @@ def _bad_inputs():
         BadInput(lambda: MF.embedding([1, 2], w), TypeError, r"input", "input not a tensor",
                  native=lambda: F.embedding([1, 2], w)),
         # the raw ops check their arguments too
-        BadInput(lambda: OPS.embedding_bwd(torch.randn(2, 2, 4), i, 10, -1, False), RuntimeError,
+        BadInput(lambda: OPS.embedding_bwd(torch.randn(2, 3, 3), i, 10, -1, False), RuntimeError,
                  r"grad_output: expected shape", "raw embedding_bwd shape"),
         BadInput(lambda: OPS.embedding_bwd(torch.randn(2, 2, 3), i, 5, -1, False), IndexError,
                  r"index out of range in self", "raw embedding_bwd index >= num_weights"),

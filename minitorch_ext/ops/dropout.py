@@ -161,6 +161,8 @@ def _run(fn: str, input: Tensor, p: float, training: bool, inplace: bool, channe
     seed = draw_seed()
     if inplace:
         if torch.is_grad_enabled() and input.requires_grad:
+            if input.is_leaf:  # torch's message (autograd.Function's own says "has been used")
+                raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
             return _DropoutInplace.apply(input, p, seed, channel_size, sfx)
         _inplace_kernel(input, p, seed, channel_size, sfx)
         return input
