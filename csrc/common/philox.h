@@ -98,24 +98,31 @@ inline void philox_mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
 }
 
 // the four words of the 16 counters ctr .. ctr+15 (philox4, bit for bit), counter-major:
-// out[4*l + w] = word w of counter ctr + l
-inline void philox4_x16(uint64_t seed, uint64_t ctr, uint32_t* out) {
+// out[4*l + w] = word w of counter ctr + l. K independent groups of 16 (ctr + 16k ..) go
+// through the rounds together: a round is a chain of ~8 dependent instructions (the
+// 32x32->64 multiplies have 5 cycles of latency), so interleaving groups fills the pipes.
+template <int K>
+inline void philox4_x16k(uint64_t seed, uint64_t ctr, uint32_t* out) {
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  __m512i c0, c1;
-  if ((ctr & 0xFFFFFFFFull) <= 0xFFFFFFFFull - 15) {  // no carry into the high word
-    c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(ctr))), lane);
-    c1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(ctr >> 32)));
-  } else {
-    alignas(64) uint32_t lo32[16], hi32[16];
-    for (int l = 0; l < 16; ++l) {
-      const uint64_t c = ctr + static_cast<uint64_t>(l);
-      lo32[l] = static_cast<uint32_t>(c);
-      hi32[l] = static_cast<uint32_t>(c >> 32);
+  __m512i c0[K], c1[K], c2[K], c3[K];
+  for (int g = 0; g < K; ++g) {
+    const uint64_t base = ctr + 16 * static_cast<uint64_t>(g);
+    if ((base & 0xFFFFFFFFull) <= 0xFFFFFFFFull - 15) {  // no carry into the high word
+      c0[g] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base))), lane);
+      c1[g] = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base >> 32)));
+    } else {
+      alignas(64) uint32_t lo32[16], hi32[16];
+      for (int l = 0; l < 16; ++l) {
+        const uint64_t c = base + static_cast<uint64_t>(l);
+        lo32[l] = static_cast<uint32_t>(c);
+        hi32[l] = static_cast<uint32_t>(c >> 32);
+      }
+      c0[g] = _mm512_load_si512(lo32);
+      c1[g] = _mm512_load_si512(hi32);
     }
-    c0 = _mm512_load_si512(lo32);
-    c1 = _mm512_load_si512(hi32);
+    c2[g] = _mm512_setzero_si512();
+    c3[g] = _mm512_setzero_si512();
   }
-  __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
   __m512i k0 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(seed)));
   __m512i k1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(seed >> 32)));
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
@@ -123,34 +130,36 @@ inline void philox4_x16(uint64_t seed, uint64_t ctr, uint32_t* out) {
   const __m512i w0 = _mm512_set1_epi32(static_cast<int>(0x9E3779B9u));
   const __m512i w1 = _mm512_set1_epi32(static_cast<int>(0xBB67AE85u));
   for (int r = 0; r < 10; ++r) {
-    __m512i hi0, lo0, hi1, lo1;
-    philox_mulhilo16(c0, m0, hi0, lo0);
-    philox_mulhilo16(c2, m1, hi1, lo1);
-    c0 = _mm512_ternarylogic_epi32(hi1, c1, k0, 0x96);  // hi1 ^ c1 ^ k0
-    c2 = _mm512_ternarylogic_epi32(hi0, c3, k1, 0x96);
-    c1 = lo1;
-    c3 = lo0;
+    for (int g = 0; g < K; ++g) {
+      __m512i hi0, lo0, hi1, lo1;
+      philox_mulhilo16(c0[g], m0, hi0, lo0);
+      philox_mulhilo16(c2[g], m1, hi1, lo1);
+      c0[g] = _mm512_ternarylogic_epi32(hi1, c1[g], k0, 0x96);  // hi1 ^ c1 ^ k0
+      c2[g] = _mm512_ternarylogic_epi32(hi0, c3[g], k1, 0x96);
+      c1[g] = lo1;
+      c3[g] = lo0;
+    }
     k0 = _mm512_add_epi32(k0, w0);
     k1 = _mm512_add_epi32(k1, w1);
   }
-  // 4 x 16 -> 16 x 4: inside each 128-bit lane j, u_k holds the words of counter 4j + k
-  const __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpackhi_epi32(c0, c1);
-  const __m512i t2 = _mm512_unpacklo_epi32(c2, c3), t3 = _mm512_unpackhi_epi32(c2, c3);
-  const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
-  const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
-  // (u0, u1) lanes -> counters (0,1),(4,5),(8,9),(12,13); (u2, u3) -> (2,3),(6,7),...
-  const __m512i a = _mm512_shuffle_i64x2(u0, u1, 0x44), b = _mm512_shuffle_i64x2(u0, u1, 0xEE);  // u0.0 u0.1 u1.0 u1.1 / u0.2 u0.3 u1.2 u1.3
-  const __m512i c = _mm512_shuffle_i64x2(u2, u3, 0x44), d = _mm512_shuffle_i64x2(u2, u3, 0xEE);
-  // a = [c0, c4, c1, c5] -> want [c0, c1, c2, c3] = (a.0, a.2, c.0, c.2)
-  const __m512i e = _mm512_shuffle_i64x2(a, c, 0x88), f = _mm512_shuffle_i64x2(a, c, 0xDD);
-  const __m512i g = _mm512_shuffle_i64x2(b, d, 0x88), h = _mm512_shuffle_i64x2(b, d, 0xDD);
-  // e = [a.0, a.2, c.0, c.2] = counters 0, 1, 2, 3; f = [a.1, a.3, c.1, c.3] = 4, 5, 6, 7;
-  // g = 8, 9, 10, 11; h = 12, 13, 14, 15
-  _mm512_storeu_si512(out + 0, e);
-  _mm512_storeu_si512(out + 16, f);
-  _mm512_storeu_si512(out + 32, g);
-  _mm512_storeu_si512(out + 48, h);
+  for (int g = 0; g < K; ++g) {
+    // 4 x 16 -> 16 x 4: inside each 128-bit lane j, u_k holds the words of counter 4j + k
+    const __m512i t0 = _mm512_unpacklo_epi32(c0[g], c1[g]), t1 = _mm512_unpackhi_epi32(c0[g], c1[g]);
+    const __m512i t2 = _mm512_unpacklo_epi32(c2[g], c3[g]), t3 = _mm512_unpackhi_epi32(c2[g], c3[g]);
+    const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
+    const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
+    // u0 = [c0 c4 c8 c12], u1 = [c1 c5 c9 c13], u2 = [c2 ...], u3 = [c3 ...] (128-bit lanes)
+    const __m512i a = _mm512_shuffle_i64x2(u0, u1, 0x44), b = _mm512_shuffle_i64x2(u0, u1, 0xEE);  // [c0 c4 c1 c5], [c8 c12 c9 c13]
+    const __m512i c = _mm512_shuffle_i64x2(u2, u3, 0x44), d = _mm512_shuffle_i64x2(u2, u3, 0xEE);  // [c2 c6 c3 c7], [c10 ...]
+    uint32_t* o = out + 64 * g;
+    _mm512_storeu_si512(o + 0, _mm512_shuffle_i64x2(a, c, 0x88));   // counters 0, 1, 2, 3
+    _mm512_storeu_si512(o + 16, _mm512_shuffle_i64x2(a, c, 0xDD));  // 4 .. 7
+    _mm512_storeu_si512(o + 32, _mm512_shuffle_i64x2(b, d, 0x88));  // 8 .. 11
+    _mm512_storeu_si512(o + 48, _mm512_shuffle_i64x2(b, d, 0xDD));  // 12 .. 15
+  }
 }
+
+inline void philox4_x16(uint64_t seed, uint64_t ctr, uint32_t* out) { philox4_x16k<1>(seed, ctr, out); }
 #endif
 
 // The words of the n consecutive elements c0 .. c0+n-1 (n >= 1). scratch holds at
@@ -160,6 +169,7 @@ inline const uint32_t* philox_row(uint64_t seed, uint64_t c0, int64_t n, uint32_
   const int64_t nctr = static_cast<int64_t>(last - first) + 1;
   int64_t q = 0;
 #if defined(__AVX512F__)
+  for (; q + 64 <= nctr; q += 64) philox4_x16k<4>(seed, first + static_cast<uint64_t>(q), scratch + 4 * q);
   for (; q + 16 <= nctr; q += 16) philox4_x16(seed, first + static_cast<uint64_t>(q), scratch + 4 * q);
 #endif
 #if defined(__AVX2__)
