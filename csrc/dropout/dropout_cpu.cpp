@@ -127,6 +127,8 @@ void dropout_map(const T* x, T* y, int64_t n, double p, uint64_t seed, int64_t c
   // channel dropout: one word per channel, broadcast over its cs elements
   const int64_t nch = n / cs;
   const int64_t grain = std::max<int64_t>(1, 32768 / cs);
+  const bool nt = n * static_cast<int64_t>(sizeof(T)) >= (int64_t{16} << 20) &&
+                  reinterpret_cast<uintptr_t>(y) % 64 == 0 && static_cast<const void*>(x) != y;
   at::parallel_for(0, nch, grain, [&](int64_t c0, int64_t c1) {
     alignas(64) uint32_t scratch[kBlock + 48];
     alignas(64) A xb[WideBuf<T>::n];
@@ -137,18 +139,42 @@ void dropout_map(const T* x, T* y, int64_t n, double p, uint64_t seed, int64_t c
         const A m = (w != nullptr && w[k] >= t) ? s : A(0);
         const T* xc = x + (cb + k) * cs;
         T* yc = y + (cb + k) * cs;
+        int64_t j = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+        if constexpr (std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>) {
+          const __m512 mv = _mm512_set1_ps(m);
+          // streaming stores need 64 (float32) / 32 (bfloat16) byte alignment: a channel start may lack it
+          const bool a = nt && reinterpret_cast<uintptr_t>(yc) % (16 * sizeof(T)) == 0;
+          for (; j + 16 <= cs; j += 16) {
+            if constexpr (std::is_same_v<T, float>) {
+              const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xc + j), mv);
+              if (a) _mm512_stream_ps(yc + j, v);
+              else _mm512_storeu_ps(yc + j, v);
+            } else {
+              __m512 xf;
+              at::vec::cvtbf16_fp32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xc + j)), xf);
+              const __m256i v = at::vec::cvtfp32_bf16(_mm512_mul_ps(xf, mv));
+              if (a) _mm256_stream_si256(reinterpret_cast<__m256i*>(yc + j), v);
+              else _mm256_storeu_si256(reinterpret_cast<__m256i*>(yc + j), v);
+            }
+          }
+        }
+#endif
         if constexpr (kWide) {
-          for (int64_t j = 0; j < cs; j += kBlock) {
+          for (; j < cs; j += kBlock) {
             const int64_t len = std::min(kBlock, cs - j);
             at::vec::convert(xc + j, xb, len);
             scale_by(xb, xb, len, m);
             at::vec::convert(xb, yc + j, len);
           }
         } else {
-          scale_by(xc, yc, cs, m);
+          scale_by(xc + j, yc + j, cs - j, m);
         }
       }
     }
+#if defined(__AVX512F__)
+    if (nt) _mm_sfence();
+#endif
   });
 }
 

@@ -2,7 +2,9 @@
 // scatter-add), embedding_renorm_ (max_norm); schemas in csrc/ops.cpp.
 //
 // Forward: out[i, :] = weight[indices[i], :], one row copy (memcpy, D contiguous
-//   elements) per index, parallel over the indices. Traffic: read n rows, write n rows.
+//   elements) per index, parallel over the indices; the row kAhead indices ahead is
+//   prefetched while this one is copied (random rows of a table larger than the cache:
+//   without it the copy waits on each row's misses). Traffic: read n rows, write n rows.
 // Backward: grad_weight[r, :] = sum over {i : indices[i] == r} of grad_output[i, :]
 //   (times 1 / count(r) under scale_grad_by_freq; zero for r == padding_idx).
 //   1. a counting sort of the indices by row (O(num_weights + n), serial, tiny next to
@@ -38,6 +40,8 @@ namespace {
 
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+constexpr int64_t kAhead = 6;  // forward: rows prefetched ahead of the copy
 
 void check_indices(const at::Tensor& indices) {
   const auto it = indices.scalar_type();
@@ -83,14 +87,24 @@ at::Tensor embedding_fwd(const at::Tensor& weight, const at::Tensor& indices, in
     AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "embedding_fwd", [&] {
       const index_t* ip = idx.const_data_ptr<index_t>();
       const int64_t grain = std::max<int64_t>(1, 16384 / D);
+      const int64_t row_bytes = static_cast<int64_t>(sizeof(scalar_t)) * D;
       at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
+          // the rows are random lines of a table larger than the cache: ask for row i + kAhead
+          // now, so its misses overlap this row's copy (a gather is latency bound otherwise)
+          if (i + kAhead < i1) {
+            const int64_t kp = static_cast<int64_t>(ip[i + kAhead]);
+            if (kp >= 0 && kp < V) {
+              const char* pr = reinterpret_cast<const char*>(wp + kp * ws);
+              for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(pr + b, 0, 3);
+            }
+          }
           const int64_t k = static_cast<int64_t>(ip[i]);
           if (k < 0 || k >= V) {
             bad.store(true, std::memory_order_relaxed);
             continue;
           }
-          std::memcpy(op + i * D, wp + k * ws, sizeof(scalar_t) * D);
+          std::memcpy(op + i * D, wp + k * ws, row_bytes);
         }
       });
     });
