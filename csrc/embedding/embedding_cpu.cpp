@@ -17,7 +17,8 @@
 //   so the result is bitwise repeatable (1 or 2 threads alike). Traffic: read
 //   grad_output once, write grad_weight once. torch's CPU backward zero-fills a fresh
 //   [num_weights, D] tensor (page faults on a 50 MB table) and then index_adds into it:
-//   two passes over the table; ours is one, into a cached buffer.
+//   two passes over the table; ours is one, into a cached buffer, with streaming stores
+//   for the zero rows of a table larger than the cache (no read-for-ownership).
 // Renorm: the referenced rows (sorted, unique) whose norm_type-norm exceeds max_norm
 //   are scaled by max_norm / (norm + 1e-7), in place, rows in parallel (distinct rows:
 //   no write conflict), as torch's embedding_renorm_.
@@ -32,6 +33,9 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "common/alloc.h"
 
@@ -154,13 +158,26 @@ at::Tensor embedding_bwd(const at::Tensor& grad_output, const at::Tensor& indice
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* wp = gw.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 32768 / D);
+    const int64_t row_bytes = static_cast<int64_t>(sizeof(scalar_t)) * D;
+    // streaming stores for the (mostly zero) rows of a gradient larger than the cache: no
+    // read-for-ownership of lines that are only written (half the traffic of a memset)
+    const bool nt = V * row_bytes >= (int64_t{16} << 20) && row_bytes % 64 == 0 &&
+                    reinterpret_cast<uintptr_t>(wp) % 64 == 0;
     at::parallel_for(0, V, grain, [&](int64_t r0, int64_t r1) {
       std::vector<A> acc(D);
       for (int64_t r = r0; r < r1; ++r) {
         scalar_t* dst = wp + r * D;
         const int64_t b = start[r], e = start[r + 1];
         if (b == e || r == padding_idx) {
-          std::memset(static_cast<void*>(dst), 0, sizeof(scalar_t) * D);  // all-zero bits: +0.0
+#if defined(__AVX512F__)
+          if (nt) {
+            const __m512i z = _mm512_setzero_si512();
+            char* d8 = reinterpret_cast<char*>(dst);
+            for (int64_t o = 0; o < row_bytes; o += 64) _mm512_stream_si512(reinterpret_cast<__m512i*>(d8 + o), z);
+            continue;
+          }
+#endif
+          std::memset(static_cast<void*>(dst), 0, row_bytes);  // all-zero bits: +0.0
           continue;
         }
         const A sc = scale_grad_by_freq ? A(1) / static_cast<A>(e - b) : A(1);
@@ -175,6 +192,9 @@ at::Tensor embedding_bwd(const at::Tensor& grad_output, const at::Tensor& indice
         }
         for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<scalar_t>(a[d]);
       }
+#if defined(__AVX512F__)
+      if (nt) _mm_sfence();  // streaming stores are weakly ordered: each thread fences its own
+#endif
     });
   });
   return gw;
