@@ -19,6 +19,9 @@
 // Renorm: the same sort; one block per distinct row (the first position of its run):
 //   a block reduction (double) of the norm, then the row scaled in place when the norm
 //   exceeds max_norm (distinct rows: no write conflicts).
+// Compile-checked with nvcc 13.0 for sm_90 (scripts/cuda_compile_check.sh, ~4 min with cub):
+// our kernels 24-40 registers, no stack frame, no spills; not yet run on a GPU
+// (tests/test_embedding_cuda.py).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
