@@ -13,7 +13,9 @@ Families:
 Bytes that must move (for GB/s): dropout fwd reads x, writes y; fwd+bwd adds reading dy and
 writing dx (ours: no mask; torch also writes and reads a mask of x's size, not counted).
 Embedding fwd reads and writes the gathered rows; fwd+bwd adds reading dy and writing the
-whole [50000, 256] gradient (torch's and ours: dense).
+whole [50000, 256] gradient (torch's and ours: dense). One table; the token batches (and dy)
+rotate among >= 6 sets, so each call gathers rows the previous calls did not leave in the
+cache, as successive training batches do.
 
 The masks differ by design (Philox vs torch's bernoulli stream), so the dropout check is
 the mask's own rule: every element is 0 or x/(1-p), and the keep rate is within 6 sigma.
@@ -125,9 +127,13 @@ def _embedding_cases(ctx, case, dname, dtype, V, D, B, L, ours_fn):
     dy0 = torch.randn(B, L, D, generator=gen, device=dev).to(dtype)
     esize = w0.element_size()
     rows = B * L * D * esize
-    rot = Rotation([(_Inputs(w0.clone(), dy0.clone()), torch.randint(0, V, (B, L), generator=gen, device=dev))
-                    for _ in range(ctx.input_sets(rows + V * D * esize))])
-    rot.sets[0] = (rot.sets[0][0], idx0)
+    # one table; the token batches (and dy) rotate, so that every call gathers rows that the
+    # previous calls did not leave in the cache (as successive training batches do)
+    wl = _Inputs(w0, dy0)
+    rot = Rotation([(wl, idx0, dy0)] + [
+        (wl, torch.randint(0, V, (B, L), generator=gen, device=dev),
+         torch.randn(B, L, D, generator=gen, device=dev).to(dtype))
+        for _ in range(max(ctx.input_sets(2 * rows), 6) - 1)])
 
     def before():
         rot.advance()[0].x.grad = None
@@ -137,8 +143,8 @@ def _embedding_cases(ctx, case, dname, dtype, V, D, B, L, ours_fn):
 
     def fwd_bwd(f):
         def step():
-            s, idx = rot.current
-            f(idx, s.x).backward(s.dy)
+            s, idx, dy = rot.current
+            f(idx, s.x).backward(dy)
         return step
 
     def run_once(f, backward, w, idx, dy):
@@ -151,11 +157,11 @@ def _embedding_cases(ctx, case, dname, dtype, V, D, B, L, ours_fn):
         return out
 
     def check(backward: bool):
-        s, idx = rot.current
+        s, idx, dy = rot.current
         wd = s.x.detach().double().requires_grad_()
-        ref = run_once(F.embedding, True, wd, idx, s.dy.double())
-        nat = run_once(F.embedding, True, s.x, idx, s.dy)
-        got = run_once(ours_fn, backward, s.x, idx, s.dy)
+        ref = run_once(F.embedding, True, wd, idx, dy.double())
+        nat = run_once(F.embedding, True, s.x, idx, dy)
+        got = run_once(ours_fn, backward, s.x, idx, dy)
         return compare_to_reference(got, nat, {k: ref[k] for k in got}, floor=1e-6)
 
     yield Case(case=case, dtype=dname, pass_="fwd", ours=fwd(ours_fn), native={"F.embedding": fwd(F.embedding)},
