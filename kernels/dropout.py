@@ -8,10 +8,11 @@ element index for dropout, the (n, c) channel index i // channel_size for dropou
 Bit for bit the words of csrc/common/philox.h and of minitorch_ext/_philox.py (the
 NumPy reference the tests compare with), so every backend draws the same mask.
 
-Algorithm: one program per BLOCK contiguous elements (int64 offsets): load x, compute
-the words of its BLOCK indices (four elements share a counter: the generator runs once
-per lane here, and the compiler keeps the four words in registers), select the word,
-multiply in float32 (float64 for double), one rounded store.
+Algorithm: one program per BLOCK contiguous elements (int64 offsets): load x, make the
+words of its indices (elementwise: BLOCK/4 Philox calls, whose four words are interleaved
+back into element order with tl.join + tl.reshape; channel dropout: one call per element,
+for its channel's word), compare, multiply in float32 (float64 for double), one rounded
+store.
 Memory traffic: read x once, write y once; no mask tensor.
 The trick: a counter-based generator is a pure function of (seed, index), so a
 backward needs only the 8-byte seed and runs in any order on any grid.
@@ -34,17 +35,23 @@ def _dropout_kernel(x_ptr, y_ptr, s_ptr, n, cs, seed, thresh, BLOCK: tl.constexp
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     m = offs < n
     x = tl.load(x_ptr + offs, mask=m, other=0)
-    if CHAN:
+    if CHAN:  # one word per channel c = i // cs: a generator call per element
         c = offs // cs
-    else:
-        c = offs
-    ctr = c >> 2
-    c0 = (ctr & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (ctr >> 32).to(tl.uint32)
-    z = c0 * 0
-    r0, r1, r2, r3 = tl.philox(seed, c0, c1, z, z)
-    w = c & 3
-    r = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
+        ctr = c >> 2
+        c0 = (ctr & 0xFFFFFFFF).to(tl.uint32)
+        c1 = (ctr >> 32).to(tl.uint32)
+        z = c0 * 0
+        r0, r1, r2, r3 = tl.philox(seed, c0, c1, z, z)
+        w = c & 3
+        r = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
+    else:  # elementwise: one call per counter gives the words of its four elements
+        ctr = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4).to(tl.int64)
+        c0 = (ctr & 0xFFFFFFFF).to(tl.uint32)
+        c1 = (ctr >> 32).to(tl.uint32)
+        z = c0 * 0
+        r0, r1, r2, r3 = tl.philox(seed, c0, c1, z, z)
+        # [n, j, k] = word 2j + k of counter n: flattened, element 4n + w gets word w
+        r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK])
     keep = r.to(tl.int64) >= thresh
     s = tl.load(s_ptr)  # 1/(1-p) in float64 (0 when p == 1)
     if FP64:
