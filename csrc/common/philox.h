@@ -149,8 +149,9 @@ inline void philox4_x16k(uint64_t seed, uint64_t ctr, uint32_t* out) {
     const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
     const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
     // u0 = [c0 c4 c8 c12], u1 = [c1 c5 c9 c13], u2 = [c2 ...], u3 = [c3 ...] (128-bit lanes)
-    const __m512i a = _mm512_shuffle_i64x2(u0, u1, 0x44), b = _mm512_shuffle_i64x2(u0, u1, 0xEE);  // [c0 c4 c1 c5], [c8 c12 c9 c13]
-    const __m512i c = _mm512_shuffle_i64x2(u2, u3, 0x44), d = _mm512_shuffle_i64x2(u2, u3, 0xEE);  // [c2 c6 c3 c7], [c10 ...]
+    // a = [c0 c4 c1 c5], b = [c8 c12 c9 c13], c = [c2 c6 c3 c7], d = [c10 c14 c11 c15]
+    const __m512i a = _mm512_shuffle_i64x2(u0, u1, 0x44), b = _mm512_shuffle_i64x2(u0, u1, 0xEE);
+    const __m512i c = _mm512_shuffle_i64x2(u2, u3, 0x44), d = _mm512_shuffle_i64x2(u2, u3, 0xEE);
     uint32_t* o = out + 64 * g;
     _mm512_storeu_si512(o + 0, _mm512_shuffle_i64x2(a, c, 0x88));   // counters 0, 1, 2, 3
     _mm512_storeu_si512(o + 16, _mm512_shuffle_i64x2(a, c, 0xDD));  // 4 .. 7
