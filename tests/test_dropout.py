@@ -45,6 +45,27 @@ def test_mask_equals_numpy_reference(kind, shape, p):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16], ids=str)
+def test_mask_equals_numpy_reference_across_blocks(dtype):
+    # 9000 elements: several 2048-element blocks of the CPU kernel, its 4 x 16-counter AVX-512
+    # groups, the 16- and 8-counter tails and the scalar tail, on every dtype path
+    x = (torch.randn(9000).abs() + 0.5).to(dtype)
+    torch.manual_seed(321)
+    y = MF.dropout(x, 0.35)
+    keep = C.reference_keep("dropout", (9000,), 0.35, C.seed_after_manual_seed(321))
+    assert torch.equal(y != 0, keep)
+    # channel dropout split over 2 threads at an odd channel (18002 channels of 2 elements)
+    xc = (torch.randn(2, 9001, 2).abs() + 0.5).to(dtype)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        torch.manual_seed(322)
+        yc = MF.dropout1d(xc, 0.35)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(yc != 0, C.reference_keep("dropout1d", (2, 9001, 2), 0.35, C.seed_after_manual_seed(322)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16], ids=str)
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
 def test_keep_rate_and_mean(dtype, p):
     n = 1 << 20
