@@ -253,15 +253,28 @@ def test_modules_match_torch(i):
     torch.testing.assert_close(y, x * keep / (1 - ours.p))
 
 
-def test_dropout_in_training_compiles_with_graph_breaks_only():
-    # training-mode dropout draws its seed with .item(): torch.compile (not fullgraph) still runs it,
-    # and gives the eager masks under the same manual_seed
-    m = torch.nn.Sequential(torch.nn.Linear(8, 8), mte.nn.Dropout(0.5))
+def test_dropout_in_training_compiles_without_graph_breaks():
+    # the seed is a 0-d tensor drawn by torch.randint: fullgraph traces it (no .item()); under the
+    # eager backend the draw is torch's own, so the masks are the eager ones under manual_seed
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), mte.nn.Dropout(0.5), mte.nn.Dropout2d(0.3))
+    x = torch.randn(2, 3, 4, 8)  # Dropout2d on a 4-D input (a 3-D one warns: a graph break)
     torch._dynamo.reset()
-    c = torch.compile(m, backend="eager")
-    x = torch.randn(4, 8)
+    c = torch.compile(m, backend="eager", fullgraph=True)
     torch.manual_seed(9)
     a = c(x)
     torch.manual_seed(9)
     b = m(x)
     assert torch.equal(a, b)
+    # inductor: its own generator draws the seed; the result is still a dropout of the same layer,
+    # and backward uses the forward's mask
+    torch._dynamo.reset()
+    ci = torch.compile(m, backend="inductor", fullgraph=True)
+    xi = torch.randn(2, 3, 4, 8, requires_grad=True)
+    h = m[0](xi).detach()
+    y = ci(xi)
+    keep = y != 0
+    torch.testing.assert_close(y[keep], (h / 0.5 / 0.7)[keep], rtol=1e-5, atol=1e-6)
+    assert 0.2 < keep.float().mean().item() < 0.5
+    y.sum().backward()
+    ref = torch.autograd.grad(m[0](xi), xi, keep.float() / 0.5 / 0.7)[0]
+    torch.testing.assert_close(xi.grad, ref, rtol=1e-5, atol=1e-6)

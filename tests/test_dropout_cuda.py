@@ -67,6 +67,7 @@ def test_cuda_backward_and_inplace():
 
 def test_cuda_opcheck():
     x = torch.randn(6, 10, device="cuda")
-    torch.library.opcheck(ops.dropout_fwd, (x.requires_grad_(), 0.3, 123, 1))
-    torch.library.opcheck(ops.dropout_bwd, (torch.randn(6, 10, device="cuda"), 0.3, 123, 5))
-    torch.library.opcheck(ops.dropout_fwd_, (torch.randn(6, 10, device="cuda"), 0.3, 123, 2))
+    seed = torch.tensor(123, dtype=torch.int64)
+    torch.library.opcheck(ops.dropout_fwd, (x.requires_grad_(), 0.3, seed, 1))
+    torch.library.opcheck(ops.dropout_bwd, (torch.randn(6, 10, device="cuda"), 0.3, seed, 5))
+    torch.library.opcheck(ops.dropout_fwd_, (torch.randn(6, 10, device="cuda"), 0.3, seed, 2))

@@ -188,6 +188,12 @@ void check_args(const at::Tensor& t, const char* name, double p, int64_t channel
               ": expected a floating point tensor (float32, float64, bfloat16 or float16), got ", st);
 }
 
+int64_t seed_value(const at::Tensor& seed) {
+  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong,
+              "seed: expected a one-element int64 tensor, got ", seed.scalar_type(), " of shape ", seed.sizes());
+  return seed.item<int64_t>();
+}
+
 void run(const at::Tensor& src, at::Tensor& dst, double p, int64_t seed, int64_t cs) {
   if (src.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, src.scalar_type(), "dropout", [&] {
@@ -196,16 +202,18 @@ void run(const at::Tensor& src, at::Tensor& dst, double p, int64_t seed, int64_t
   });
 }
 
-at::Tensor dropout_fwd(const at::Tensor& input, double p, int64_t seed, int64_t channel_size) {
+at::Tensor dropout_fwd(const at::Tensor& input, double p, const at::Tensor& seed_t, int64_t channel_size) {
   check_args(input, "input", p, channel_size);
+  const int64_t seed = seed_value(seed_t);
   const at::Tensor x = input.contiguous();
   at::Tensor y = new_output(x.sizes(), x.options());
   run(x, y, p, seed, channel_size);
   return y;
 }
 
-void dropout_fwd_(at::Tensor& input, double p, int64_t seed, int64_t channel_size) {
+void dropout_fwd_(at::Tensor& input, double p, const at::Tensor& seed_t, int64_t channel_size) {
   check_args(input, "input", p, channel_size);
+  const int64_t seed = seed_value(seed_t);
   if (input.is_contiguous()) {
     run(input, input, p, seed, channel_size);
     return;
@@ -215,8 +223,9 @@ void dropout_fwd_(at::Tensor& input, double p, int64_t seed, int64_t channel_siz
   input.copy_(x);
 }
 
-at::Tensor dropout_bwd(const at::Tensor& grad_output, double p, int64_t seed, int64_t channel_size) {
+at::Tensor dropout_bwd(const at::Tensor& grad_output, double p, const at::Tensor& seed_t, int64_t channel_size) {
   check_args(grad_output, "grad_output", p, channel_size);
+  const int64_t seed = seed_value(seed_t);
   const at::Tensor g = grad_output.contiguous();
   at::Tensor gi = new_output(g.sizes(), g.options());
   run(g, gi, p, seed, channel_size);

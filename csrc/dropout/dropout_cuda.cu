@@ -124,6 +124,13 @@ void check_args(const at::Tensor& t, const char* name, double p, int64_t cs) {
               ": expected a floating point tensor (float32, float64, bfloat16 or float16), got ", st);
 }
 
+// the seed: a one-element int64 tensor, normally on the CPU (a CUDA one costs a sync)
+int64_t seed_value(const at::Tensor& seed) {
+  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong,
+              "seed: expected a one-element int64 tensor, got ", seed.scalar_type(), " of shape ", seed.sizes());
+  return seed.item<int64_t>();
+}
+
 void launch(const at::Tensor& src, at::Tensor& dst, double p, int64_t seed, int64_t cs) {
   const int64_t n = src.numel();
   if (n == 0) return;
@@ -151,16 +158,18 @@ at::Tensor new_like(const at::Tensor& t) {
   return out;
 }
 
-at::Tensor dropout_fwd_cuda(const at::Tensor& input, double p, int64_t seed, int64_t channel_size) {
+at::Tensor dropout_fwd_cuda(const at::Tensor& input, double p, const at::Tensor& seed_t, int64_t channel_size) {
   check_args(input, "input", p, channel_size);
+  const int64_t seed = seed_value(seed_t);
   const at::Tensor x = input.contiguous();
   at::Tensor y = new_like(x);
   launch(x, y, p, seed, channel_size);
   return y;
 }
 
-void dropout_fwd_cuda_(at::Tensor& input, double p, int64_t seed, int64_t channel_size) {
+void dropout_fwd_cuda_(at::Tensor& input, double p, const at::Tensor& seed_t, int64_t channel_size) {
   check_args(input, "input", p, channel_size);
+  const int64_t seed = seed_value(seed_t);
   if (input.is_contiguous()) {
     launch(input, input, p, seed, channel_size);
     return;
@@ -170,8 +179,10 @@ void dropout_fwd_cuda_(at::Tensor& input, double p, int64_t seed, int64_t channe
   input.copy_(x);
 }
 
-at::Tensor dropout_bwd_cuda(const at::Tensor& grad_output, double p, int64_t seed, int64_t channel_size) {
+at::Tensor dropout_bwd_cuda(const at::Tensor& grad_output, double p, const at::Tensor& seed_t,
+                            int64_t channel_size) {
   check_args(grad_output, "grad_output", p, channel_size);
+  const int64_t seed = seed_value(seed_t);
   const at::Tensor g = grad_output.contiguous();
   at::Tensor gi = new_like(g);
   launch(g, gi, p, seed, channel_size);

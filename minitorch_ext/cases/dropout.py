@@ -35,7 +35,7 @@ def seed_after_manual_seed(s: int) -> int:
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(s)
-        return draw_seed()
+        return int(draw_seed())
     finally:
         torch.random.set_rng_state(state)
 
@@ -155,7 +155,7 @@ def _raw_ops(sample: Sample, backend: str, device="cpu"):
     x = sample.meta["view"](L["input"])
     kind, p = sample.meta["kind"], sample.meta["p"]
     _, cs = channels(kind, x.shape)
-    seed = seed_after_manual_seed(sample.meta["seed"])
+    seed = torch.tensor(seed_after_manual_seed(sample.meta["seed"]), dtype=torch.int64)
     sfx = "_triton" if backend == "triton" else ""
     xg = x.detach().clone().requires_grad_(True)
     ops = [(getattr(OPS, "dropout_fwd" + sfx), (xg, p, seed, cs)),
@@ -163,6 +163,9 @@ def _raw_ops(sample: Sample, backend: str, device="cpu"):
     if not sfx:
         ops.append((OPS.dropout_fwd_, (x.detach().clone(), p, seed, cs)))
     return ops
+
+
+_S0 = torch.zeros((), dtype=torch.int64)
 
 
 def _bad_inputs():
@@ -187,14 +190,18 @@ def _bad_inputs():
         BadInput(lambda: mte.nn.Dropout(1.5), ValueError, r"between 0 and 1", "Dropout module p",
                  native=lambda: torch.nn.Dropout(1.5)),
         # the raw ops check their arguments too
-        BadInput(lambda: OPS.dropout_fwd(x, 1.5, 0, 1), ValueError, r"between 0 and 1, but got 1.5",
+        BadInput(lambda: OPS.dropout_fwd(x, 1.5, _S0, 1), ValueError, r"between 0 and 1, but got 1.5",
                  "raw dropout_fwd p"),
-        BadInput(lambda: OPS.dropout_fwd(x, 0.5, 0, 5), RuntimeError, r"channel_size: 5 does not divide",
+        BadInput(lambda: OPS.dropout_fwd(x, 0.5, _S0, 5), RuntimeError, r"channel_size: 5 does not divide",
                  "raw dropout_fwd channel_size"),
-        BadInput(lambda: OPS.dropout_bwd(x.int(), 0.5, 0, 1), RuntimeError,
+        BadInput(lambda: OPS.dropout_bwd(x.int(), 0.5, _S0, 1), RuntimeError,
                  r"grad_output: expected a floating point tensor", "raw dropout_bwd integer grad"),
-        BadInput(lambda: OPS.dropout_fwd(x, 0.5, 0, 0), RuntimeError, r"channel_size: expected >= 1",
+        BadInput(lambda: OPS.dropout_fwd(x, 0.5, _S0, 0), RuntimeError, r"channel_size: expected >= 1",
                  "raw dropout_fwd channel_size 0"),
+        BadInput(lambda: OPS.dropout_fwd(x, 0.5, torch.zeros(2, dtype=torch.int64), 1), RuntimeError,
+                 r"seed: expected a one-element int64 tensor", "raw dropout_fwd seed of 2 elements"),
+        BadInput(lambda: OPS.dropout_fwd(x, 0.5, torch.zeros(()), 1), RuntimeError,
+                 r"seed: expected a one-element int64 tensor", "raw dropout_fwd float seed"),
     ]
     return items
 
@@ -205,8 +212,9 @@ def spec() -> OpSpec:
 
 
 def small_model():
-    """An MLP on torch's Linear and our dropout modules, for torch.compile (input [N, 3, 4, 4]).
-    In eval mode: a training-mode call draws its seed with .item(), a graph break."""
+    """An MLP on torch's Linear and our dropout modules, for torch.compile (input [N, 3, 4, 4]),
+    in eval mode (the checker compares compiled with eager values: a training-mode compiled graph
+    draws its seed through inductor's generator; tests/test_dropout.py compiles that too)."""
 
     def make():
         torch.manual_seed(0)

@@ -15,7 +15,9 @@ The mask is ours by design: it is not torch's bernoulli stream, so tests check i
 against the NumPy reference and by its statistics, not against torch's values.
 
 The seed: one int64 per call drawn from torch's default CPU generator (as attention's
-``draw_seed``), so ``torch.manual_seed`` makes runs repeatable. p == 0, training=False
+``draw_seed``; here kept as a 0-d CPU tensor, so torch.compile(fullgraph=True) traces a
+training-mode dropout without a graph break), so ``torch.manual_seed`` makes eager runs
+repeatable (a compiled graph draws through inductor's own generator, seeded from torch's). p == 0, training=False
 or an empty input draw nothing and return the input itself, as torch does. Backward
 regenerates the mask from (seed, index): nothing but the seed is saved.
 
@@ -63,17 +65,17 @@ torch.library.register_fake("minitorch_ext::dropout_bwd")(_fake_bwd)
 # ---------------------------------------------------------------------------
 
 @triton_custom_op("minitorch_ext::dropout_fwd_triton", mutates_args=(), fake=_fake_fwd)
-def _fwd_triton(input: Tensor, p: float, seed: int, channel_size: int) -> Tensor:
+def _fwd_triton(input: Tensor, p: float, seed: Tensor, channel_size: int) -> Tensor:
     from minitorch_ext.kernels import dropout as K
 
-    return K.dropout_map(input, p, seed, channel_size)
+    return K.dropout_map(input, p, int(seed), channel_size)
 
 
 @triton_custom_op("minitorch_ext::dropout_bwd_triton", mutates_args=(), fake=_fake_bwd)
-def _bwd_triton(grad_output: Tensor, p: float, seed: int, channel_size: int) -> Tensor:
+def _bwd_triton(grad_output: Tensor, p: float, seed: Tensor, channel_size: int) -> Tensor:
     from minitorch_ext.kernels import dropout as K
 
-    return K.dropout_map(grad_output, p, seed, channel_size)
+    return K.dropout_map(grad_output, p, int(seed), channel_size)
 
 
 # ---------------------------------------------------------------------------
@@ -81,12 +83,14 @@ def _bwd_triton(grad_output: Tensor, p: float, seed: int, channel_size: int) -> 
 # ---------------------------------------------------------------------------
 
 def _setup(ctx, inputs, output):
-    ctx.p, ctx.seed, ctx.channel_size = inputs[1], inputs[2], inputs[3]
+    ctx.save_for_backward(inputs[2])
+    ctx.p, ctx.channel_size = inputs[1], inputs[3]
 
 
 def _wire(sfx: str) -> None:
     def backward(ctx, grad_out):
-        return getattr(_OPS, "dropout_bwd" + sfx)(grad_out, ctx.p, ctx.seed, ctx.channel_size), None, None, None
+        (seed,) = ctx.saved_tensors
+        return getattr(_OPS, "dropout_bwd" + sfx)(grad_out, ctx.p, seed, ctx.channel_size), None, None, None
 
     torch.library.register_autograd("minitorch_ext::dropout_fwd" + sfx, backward, setup_context=_setup)
 
@@ -102,16 +106,18 @@ class _DropoutInplace(torch.autograd.Function):
     def forward(ctx, input, p, seed, channel_size, sfx):
         _inplace_kernel(input, p, seed, channel_size, sfx)
         ctx.mark_dirty(input)
-        ctx.p, ctx.seed, ctx.channel_size, ctx.sfx = p, seed, channel_size, sfx
+        ctx.save_for_backward(seed)
+        ctx.p, ctx.channel_size, ctx.sfx = p, channel_size, sfx
         return input
 
     @staticmethod
     def backward(ctx, grad_out):
-        return (getattr(_OPS, "dropout_bwd" + ctx.sfx)(grad_out, ctx.p, ctx.seed, ctx.channel_size),
+        (seed,) = ctx.saved_tensors
+        return (getattr(_OPS, "dropout_bwd" + ctx.sfx)(grad_out, ctx.p, seed, ctx.channel_size),
                 None, None, None, None)
 
 
-def _inplace_kernel(input: Tensor, p: float, seed: int, channel_size: int, sfx: str) -> None:
+def _inplace_kernel(input: Tensor, p: float, seed: Tensor, channel_size: int, sfx: str) -> None:
     if sfx:
         input.copy_(_OPS.dropout_fwd_triton(input, p, seed, channel_size))
     else:
@@ -122,10 +128,12 @@ def _inplace_kernel(input: Tensor, p: float, seed: int, channel_size: int, sfx: 
 # argument checks and the shared path
 # ---------------------------------------------------------------------------
 
-def draw_seed() -> int:
-    """One draw from torch's default CPU generator: the seed of one dropout call (the CPU
-    generator serves CUDA tensors too: a CUDA draw would need a device sync per call)."""
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+def draw_seed() -> Tensor:
+    """One draw from torch's default CPU generator: the seed of one dropout call, a 0-d int64
+    CPU tensor (the CPU generator serves CUDA tensors too: a CUDA draw would need a device
+    sync per call). A tensor, not an int: torch.compile traces the draw (no .item(), no graph
+    break); the kernels read its value on the host."""
+    return torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
 
 
 def _check_p(p) -> float:
