@@ -244,3 +244,28 @@ TORCH_LIBRARY_FRAGMENT(minitorch_ext, m) {
         "str kind, float param, int reduction, bool log_target, bool need_input, bool need_target) "
         "-> (Tensor, Tensor)");
 }
+
+// ---- dropout / embedding family (csrc/dropout/, csrc/embedding/) ----
+// dropout_fwd: y = input * keep / (1 - p), keep of element (channel) c: its Philox4x32-10
+//   word (word c % 4 of counter c / 4, key = seed; minitorch_ext/_philox.py) >= floor(p * 2^32);
+//   channel_size 1 for elementwise dropout, the spatial size for dropout1d/2d (c = the (n, c)
+//   channel index, the mask broadcast over the channel). p == 1 gives input * 0. Output contiguous.
+// dropout_fwd_: the same, written into input. dropout_bwd: the same map on grad_output (the mask
+//   regenerated from (seed, index), never stored). seed: a one-element int64 tensor (on the CPU:
+//   read on the host; a tensor, not an int, so torch.compile traces the draw without a graph break).
+// embedding_fwd: weight[indices] ([*indices.shape, D]); indices int32/int64, IndexError when out of
+//   range. padding_idx (-1: none) and scale_grad_by_freq only matter to backward.
+// embedding_bwd: the [num_weights, D] gradient, a deterministic scatter-add (counting sort of the
+//   indices; each row summed in index order by the thread that owns it; no atomics); padding_idx
+//   rows get zero; scale_grad_by_freq divides by the index's count.
+// embedding_renorm_: rows of weight referenced by indices whose norm_type-norm exceeds max_norm are
+//   scaled by max_norm / (norm + 1e-7) in place (torch's embedding_renorm_).
+TORCH_LIBRARY_FRAGMENT(minitorch_ext, m) {
+  m.def("dropout_fwd(Tensor input, float p, Tensor seed, int channel_size) -> Tensor");
+  m.def("dropout_fwd_(Tensor(a!) input, float p, Tensor seed, int channel_size) -> ()");
+  m.def("dropout_bwd(Tensor grad_output, float p, Tensor seed, int channel_size) -> Tensor");
+  m.def("embedding_fwd(Tensor weight, Tensor indices, int padding_idx, bool scale_grad_by_freq) -> Tensor");
+  m.def("embedding_bwd(Tensor grad_output, Tensor indices, int num_weights, int padding_idx, "
+        "bool scale_grad_by_freq) -> Tensor");
+  m.def("embedding_renorm_(Tensor(a!) weight, Tensor indices, float max_norm, float norm_type) -> ()");
+}

@@ -82,6 +82,7 @@
 
 #include "common/alloc.h"
 #include "common/checks.h"
+#include "common/philox.h"
 #include "gemm/gemm.h"
 
 namespace mte {
@@ -133,93 +134,7 @@ struct Blocks {
   static constexpr int64_t BB = LCM * ceil_div(48, LCM);  // backward block (rows and keys)
 };
 
-// ---- dropout: Philox4x32-10 (minitorch_ext/_philox.py is the reference) ---------------
-// Element c (the linear index of (b, h, i, j)) uses word c % 4 of the counter c / 4:
-// one evaluation (ten rounds of two 32x32->64 multiplies) serves four neighbours.
-
-inline void philox4(uint64_t seed, uint64_t ctr, uint32_t out[4]) {
-  uint32_t c0 = static_cast<uint32_t>(ctr), c1 = static_cast<uint32_t>(ctr >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r) {
-    const uint64_t p0 = uint64_t{0xD2511F53u} * c0, p1 = uint64_t{0xCD9E8D57u} * c2;
-    const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
-    const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
-    c1 = static_cast<uint32_t>(p1);
-    c3 = static_cast<uint32_t>(p0);
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
-}
-
-#if defined(__AVX2__)
-// 32x32 -> 64-bit products of 8 lanes with one constant: (high halves, low halves).
-inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
-  const __m256i pe = _mm256_mul_epu32(a, m);                         // lanes 0, 2, 4, 6
-  const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1, 3, 5, 7
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
-  lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
-}
-
-// the four words of the 8 counters ctr .. ctr+7, eight lanes at a time (philox4, bit
-// for bit), stored counter-major: out[4*l + w] = word w of counter ctr + l
-inline void philox4_x8(uint64_t seed, uint64_t ctr, uint32_t* out) {
-  alignas(32) uint32_t lo32[8], hi32[8];
-  for (int l = 0; l < 8; ++l) {
-    const uint64_t c = ctr + static_cast<uint64_t>(l);
-    lo32[l] = static_cast<uint32_t>(c);
-    hi32[l] = static_cast<uint32_t>(c >> 32);
-  }
-  __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo32));
-  __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi32));
-  __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
-  __m256i k0 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(seed)));
-  __m256i k1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(seed >> 32)));
-  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  const __m256i w0 = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u));
-  const __m256i w1 = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
-  for (int r = 0; r < 10; ++r) {
-    __m256i hi0, lo0, hi1, lo1;
-    mulhilo8(c0, m0, hi0, lo0);
-    mulhilo8(c2, m1, hi1, lo1);
-    c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
-    c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
-    c1 = lo1;
-    c3 = lo0;
-    k0 = _mm256_add_epi32(k0, w0);
-    k1 = _mm256_add_epi32(k1, w1);
-  }
-  // 4 x 8 -> 8 x 4: interleave the words of each counter
-  const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
-  const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
-  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-  __m256i* o = reinterpret_cast<__m256i*>(out);
-  _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u1, 0x20));  // counters 0, 1
-  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u2, u3, 0x20));  // 2, 3
-  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u0, u1, 0x31));  // 4, 5
-  _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u2, u3, 0x31));  // 6, 7
-}
-#endif
-
-// The words of the n consecutive elements c0 .. c0+n-1 (n >= 1). scratch holds at
-// least n + 40 words; the result is a pointer into it.
-inline const uint32_t* philox_row(uint64_t seed, uint64_t c0, int64_t n, uint32_t* scratch) {
-  const uint64_t first = c0 >> 2, last = (c0 + static_cast<uint64_t>(n) - 1) >> 2;
-  const int64_t nctr = static_cast<int64_t>(last - first) + 1;
-  int64_t q = 0;
-#if defined(__AVX2__)
-  for (; q + 8 <= nctr; q += 8) philox4_x8(seed, first + static_cast<uint64_t>(q), scratch + 4 * q);
-#endif
-  for (; q < nctr; ++q) philox4(seed, first + static_cast<uint64_t>(q), scratch + 4 * q);
-  return scratch + (c0 & 3);
-}
+// ---- dropout: Philox4x32-10, csrc/common/philox.h (philox4, philox4_x8, philox_row) ----
 
 // ---- the problem, in the normalized 4-D layout --------------------------------------
 

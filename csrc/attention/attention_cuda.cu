@@ -104,6 +104,7 @@
 
 #include "common/alloc.h"
 #include "common/checks.h"
+#include "common/philox_cuda.cuh"
 
 namespace {
 
@@ -156,26 +157,7 @@ __device__ __forceinline__ A pinf() {
 constexpr double kLog2e = 1.4426950408889634074;
 constexpr double kLn2 = 0.69314718055994530942;
 
-// The dropout word of element c: word c & 3 of Philox4x32-10 with key (k0, k1) and
-// counter (n lo, n hi, 0, 0), n = c >> 2 (four elements share one evaluation).
-__device__ __forceinline__ uint32_t philox_w0(uint32_t k0, uint32_t k1, uint64_t c) {
-  const uint64_t n = c >> 2;
-  uint32_t c0 = static_cast<uint32_t>(n), c1 = static_cast<uint32_t>(n >> 32), c2 = 0, c3 = 0;
-#pragma unroll
-  for (int r = 0; r < 10; ++r) {
-    const uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-    const uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  const uint32_t w = static_cast<uint32_t>(c & 3);
-  return w == 0 ? c0 : (w == 1 ? c1 : (w == 2 ? c2 : c3));
-}
+// philox_w0 (the dropout word of element c): csrc/common/philox_cuda.cuh
 
 // Everything a launch needs. Strides in elements; outputs contiguous.
 struct Params {

@@ -62,3 +62,6 @@ FAMILIES["batchnorm"] = "minitorch_ext.bench.bnorm:batchnorm"
 
 # ---- pwloss family (pointwise losses) ----
 FAMILIES["pwloss"] = "minitorch_ext.bench.pwloss:pwloss"
+# dropout / embedding family
+FAMILIES["dropout"] = "minitorch_ext.bench.dropemb:dropout"
+FAMILIES["embedding"] = "minitorch_ext.bench.dropemb:embedding"

@@ -20,3 +20,7 @@ from ..ops.pwloss import (binary_cross_entropy, binary_cross_entropy_with_logits
                           l1_loss, mse_loss, smooth_l1_loss)
 __all__ += ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
             "binary_cross_entropy_with_logits", "kl_div"]
+# dropout / embedding family
+from ..ops.dropout import dropout, dropout1d, dropout2d  # noqa: E402
+from ..ops.embedding import embedding  # noqa: E402
+__all__ += ["dropout", "dropout1d", "dropout2d", "embedding"]

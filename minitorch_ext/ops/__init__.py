@@ -13,3 +13,6 @@ from . import bnorm  # noqa: F401
 
 # ---- pwloss family (pointwise losses) ----
 from . import pwloss  # noqa: F401,E402
+# dropout / embedding family
+from . import dropout  # noqa: F401,E402
+from . import embedding  # noqa: F401,E402

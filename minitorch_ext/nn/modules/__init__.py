@@ -16,3 +16,7 @@ __all__ += ["BatchNorm1d", "BatchNorm2d", "InstanceNorm1d", "InstanceNorm2d", "G
 from .loss_pw import (BCELoss, BCEWithLogitsLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss,  # noqa: E402
                       SmoothL1Loss)
 __all__ += ["MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "BCELoss", "BCEWithLogitsLoss", "KLDivLoss"]
+# dropout / embedding family
+from .dropout import Dropout, Dropout1d, Dropout2d  # noqa: E402
+from .sparse import Embedding  # noqa: E402
+__all__ += ["Dropout", "Dropout1d", "Dropout2d", "Embedding"]
