@@ -90,3 +90,16 @@ grep -E "^(FAILED|ERROR)" "$OUT/pwloss_triton.txt" | head -20 | tee -a "$summary
 # Triton kernels on cuda through the running-stats test (backend triton)
 nf=$(grep -cE "^(FAILED|ERROR) tests/test_batchnorm_cuda\.py" "$OUT/tests.txt")
 say "  bnorm cuda: ${nf} failed"
+
+# ---- dropout / embedding: CUDA kernel tally (tests ran with -m cuda above) and their Triton kernels
+# on cuda (tests/test_{dropout,embedding}_triton.py: DEV is cuda without TRITON_INTERPRET)
+for fam in dropout embedding; do
+  nf=$(grep -cE "^(FAILED|ERROR) tests/test_${fam}_cuda\.py" "$OUT/tests.txt")
+  say "  ${fam} cuda: ${nf} failed"
+done
+t0=$(date +%s)
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_dropout_triton.py tests/test_embedding_triton.py \
+  > "$OUT/dropemb_triton.txt" 2>&1
+say "triton dropout + embedding (rc=$?, $(( $(date +%s) - t0 )) s):"
+grep -E "passed|failed|error" "$OUT/dropemb_triton.txt" | tail -3 | tee -a "$summary"
+grep -E "^(FAILED|ERROR)" "$OUT/dropemb_triton.txt" | head -20 | tee -a "$summary"
