@@ -12,3 +12,6 @@ __all__ = ["layer_norm", "rms_norm", "linear", "parse_activation", "relu", "relu
            "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax",
            "scaled_dot_product_attention", "conv1d", "conv2d"]
 __all__ += ["max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool1d"]
+# ---- cross_entropy family ----
+from ..ops.ce import cross_entropy, nll_loss
+__all__ += ["cross_entropy", "nll_loss"]

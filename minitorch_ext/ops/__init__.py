@@ -9,3 +9,5 @@ from . import activation  # noqa: F401
 from . import attention  # noqa: F401
 from . import conv  # noqa: F401
 from . import pool  # noqa: F401
+# ---- cross_entropy family ----
+from . import ce  # noqa: F401
