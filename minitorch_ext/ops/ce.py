@@ -102,6 +102,8 @@ def _setup(ctx, inputs, output):
     ctx.compute_grad = inputs[7]
     ctx.save_for_backward(output[1])
     ctx.mark_non_differentiable(output[1])
+    # no zero-filled input-sized grad for the (never used) grad_input output
+    ctx.set_materialize_grads(False)
 
 
 def _keep_graph(g: Tensor) -> bool:
@@ -129,6 +131,8 @@ def _wire(sfx: str) -> None:
             raise RuntimeError("minitorch_ext cross_entropy/nll_loss: double backward (create_graph=True) is not "
                                "supported: the fused kernel computes the input gradient in the forward pass")
         (g,) = ctx.saved_tensors
+        if grad_loss is None:  # the loss was not used: no gradient
+            return (None,) * 8
         if not ctx.owned or _keep_graph(g):
             g = g.clone()  # the graph may run backward again: keep the saved gradient intact
         getattr(_OPS, "ce_bwd" + sfx)(grad_loss, g, ctx.reduction)
