@@ -58,3 +58,5 @@ def get_family(name: str) -> Callable:
 
 __all__ = ["FAMILIES", "register", "get_family"]
 FAMILIES["pool"] = "minitorch_ext.bench.pool:pool"
+# ---- cross_entropy family ----
+FAMILIES["cross_entropy"] = "minitorch_ext.bench.ce:cross_entropy"
