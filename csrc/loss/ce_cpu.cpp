@@ -19,7 +19,8 @@
 //   also stores exp(x - max) in the gradient row, pass 3 turns that row in place into
 //   the gradient: e * (coef / sum) - (the smoothing / target terms). The row (widened
 //   to float once for bfloat16) stays in L1/L2 between the passes. at::vec lanes,
-//   float32 math for float32/bfloat16, float64 for float64; one rounding on store.
+//   float32 math for float32/bfloat16, float64 for float64; one rounding on store
+//   (bfloat16 rows are widened and the gradient narrowed with vector conversions).
 //   Any other layout ((N, C, d1, ...) inputs, transposed inputs): tiles of up to 16
 //   consecutive rows walked class by class, so the unit-stride direction (d, or n
 //   for a transposed (N, C)) is the inner loop; the same three passes, exp recomputed
@@ -51,6 +52,9 @@
 #include "common/alloc.h"
 #include "common/vec_reduce.h"
 
+// at::vec's bfloat16 helpers trip GCC's maybe-uninitialized analysis (as in act_cpu.cpp)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace mte {
 namespace {
 
@@ -60,6 +64,24 @@ template <typename T>
 using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 constexpr int64_t kTile = 16;  // rows per tile on the strided path
+
+// bfloat16 -> float, vectorized (at::vec::convert has no vector path for this direction)
+template <typename scalar_t, typename A>
+inline void to_acc(const scalar_t* src, A* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    using VB = Vectorized<at::BFloat16>;
+    constexpr int64_t W = VB::size();
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+      auto ab = at::vec::convert_bfloat16_float(VB::loadu(src + i));
+      std::get<0>(ab).store(dst + i);
+      std::get<1>(ab).store(dst + i + W / 2);
+    }
+    for (; i < n; ++i) dst[i] = static_cast<A>(src[i]);
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
 
 template <typename A>
 inline Vectorized<A> vexp(const Vectorized<A>& v) {
@@ -98,7 +120,7 @@ struct RowKernel {
     if constexpr (std::is_same_v<scalar_t, A>) {
       x = xin;
     } else {
-      at::vec::convert(xin, xbuf, C);
+      to_acc(xin, xbuf, C);
       x = xbuf;
     }
     const A eps = static_cast<A>(P.eps);
@@ -120,7 +142,7 @@ struct RowKernel {
       if constexpr (std::is_same_v<scalar_t, A>) {
         p = pin;
       } else {
-        at::vec::convert(pin, pbuf, C);
+        to_acc(pin, pbuf, C);
         p = pbuf;
       }
     }
