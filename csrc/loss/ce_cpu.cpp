@@ -4,12 +4,13 @@
 //
 // Math (torch's definitions; row i, classes c, logits x, lse = log sum_c exp(x_c),
 // p = softmax(x), weights w (1 without weight), W = sum_c w_c, eps = label_smoothing):
-//   class index t:  loss_i = (1-eps) w_t (lse - x_t) + eps/C * (W lse - sum_c w_c x_c)
+//   class index t:  loss_i = (1-eps) w_t (lse - x_t) + eps/C * sum_c w_c (lse - x_c)
 //                   dloss_i/dx_j = p_j ((1-eps) w_t + eps/C W) - eps/C w_j - [j=t] (1-eps) w_t
 //                   ignore_index rows: loss 0, gradient 0.
 //                   mean: / sum over non-ignored rows of w_t (torch's nll_loss and the
 //                   smoothing term share this denominator).
-//   probabilities P: q = (1-eps) P + eps/C;  loss_i = lse sum_c w_c q_c - sum_c w_c q_c x_c
+//   probabilities P: q = (1-eps) P + eps/C;  loss_i = sum_c w_c q_c (lse - x_c)
+//   (computed as sums of (lse - m) and (m - x_c), m the row max: non-negative terms only)
 //                   dloss_i/dx_j = p_j sum_c w_c q_c - w_j q_j;  mean: / (N*D).
 //   nll_loss (log_input): loss_i = -w_t x_t, gradient -w_t at t; mean: / sum w_t.
 //
@@ -83,10 +84,22 @@ inline void to_acc(const scalar_t* src, A* dst, int64_t n) {
   }
 }
 
+// Sleef's 1-ulp exp: exp_u20 (2 ulp) was ~20% faster here but doubled the gradient's error
+// against float64 on peaked rows (p_j near 1), past native torch's own error
+// lanes summed in double, lane 0 first (a fixed order)
+template <typename A>
+inline double hsum_d(const Vectorized<A>& v) {
+  constexpr int64_t W = Vectorized<A>::size();
+  A buf[W];
+  v.store(buf);
+  double s = 0;
+  for (int64_t k = 0; k < W; ++k) s += static_cast<double>(buf[k]);
+  return s;
+}
+
 template <typename A>
 inline Vectorized<A> vexp(const Vectorized<A>& v) {
-  if constexpr (std::is_same_v<A, float>) return v.exp_u20();
-  else return v.exp();
+  return v.exp();
 }
 
 struct Params {
@@ -157,7 +170,11 @@ struct RowKernel {
       for (int64_t k = 0; k < W; ++k) m = (buf[k] > m || std::isnan(buf[k])) ? buf[k] : m;
       for (; j < C; ++j) m = (x[j] > m || std::isnan(x[j])) ? x[j] : m;
     }
-    A sx = 0, swq = 0, swqx = 0;  // sum w x; sum w q; sum w q x
+    // the sums are taken of (m - x) >= 0, so the loss below is a sum of non-negative terms
+    // (no cancellation; and none for an FMA contraction to expose)
+    // lanes accumulate in A; the lanes and the tail are then summed in double
+    double sx = 0, swq = 0, swqx = 0;  // sum w (m - x); sum w q; sum w q (m - x)
+    const V vmx(m);
     if (P.prob) {
       const A one_m = A(1) - eps;
       V a(0), b(0);
@@ -166,33 +183,33 @@ struct RowKernel {
         V q = V::loadu(p + j) * V(one_m) + V(epsC);
         if (w) q = q * V::loadu(w + j);
         a = a + q;
-        b = at::vec::fmadd(q, V::loadu(x + j), b);
+        b = at::vec::fmadd(q, vmx - V::loadu(x + j), b);
       }
-      swq = hsum(a);
-      swqx = hsum(b);
+      swq = hsum_d(a);
+      swqx = hsum_d(b);
       for (; j < C; ++j) {
         A q = p[j] * one_m + epsC;
         if (w) q *= w[j];
         swq += q;
-        swqx += q * x[j];
+        swqx += static_cast<double>(q) * (m - x[j]);
       }
     } else if (eps != A(0)) {
       V a(0);
       j = 0;
       if (w) {
-        for (; j + W <= C; j += W) a = at::vec::fmadd(V::loadu(w + j), V::loadu(x + j), a);
-        sx = hsum(a);
-        for (; j < C; ++j) sx += w[j] * x[j];
+        for (; j + W <= C; j += W) a = at::vec::fmadd(V::loadu(w + j), vmx - V::loadu(x + j), a);
+        sx = hsum_d(a);
+        for (; j < C; ++j) sx += static_cast<double>(w[j]) * (m - x[j]);
       } else {
-        for (; j + W <= C; j += W) a = a + V::loadu(x + j);
-        sx = hsum(a);
-        for (; j < C; ++j) sx += x[j];
+        for (; j + W <= C; j += W) a = a + (vmx - V::loadu(x + j));
+        sx = hsum_d(a);
+        for (; j < C; ++j) sx += m - x[j];
       }
     }
     // pass 2: sum exp(x - m), exp stored in the gradient row
     A* g = nullptr;
     if (gout) g = std::is_same_v<scalar_t, A> ? reinterpret_cast<A*>(gout) : gbuf;
-    A s;
+    double s;
     {
       const V vmm(m);
       V acc(0);
@@ -206,24 +223,25 @@ struct RowKernel {
       } else {
         for (; j + W <= C; j += W) acc = acc + vexp(V::loadu(x + j) - vmm);
       }
-      s = hsum(acc);
+      s = hsum_d(acc);
       for (; j < C; ++j) {
         const A e = std::exp(x[j] - m);
         if (g) g[j] = e;
         s += e;
       }
     }
-    const A lse = m + std::log(s);
+    const double ls = std::log(s);  // lse - m
     A loss;
     A a, b = 0, ct = 0;
     if (P.prob) {
-      loss = lse * swq - swqx;
-      a = swq * scale / s;
+      loss = static_cast<A>(swq * ls + swqx);
+      a = static_cast<A>(swq * static_cast<double>(scale) / s);
     } else {
       const A wt = w ? w[t] : A(1);
-      const A nll = wt * (lse - x[t]);
-      loss = eps != A(0) ? (A(1) - eps) * nll + epsC * (wsum * lse - sx) : nll;
-      a = ((A(1) - eps) * wt + epsC * wsum) * scale / s;
+      const double e = P.eps, eC = e / static_cast<double>(C);
+      const double nll = static_cast<double>(wt) * (ls + (static_cast<double>(m) - static_cast<double>(x[t])));
+      loss = static_cast<A>(e != 0.0 ? (1.0 - e) * nll + eC * (static_cast<double>(wsum) * ls + sx) : nll);
+      a = static_cast<A>(((1.0 - e) * wt + eC * wsum) * static_cast<double>(scale) / s);
       b = epsC * scale;
       ct = (A(1) - eps) * wt * scale;
     }
@@ -336,8 +354,11 @@ void ce_fwd_impl(const Params& P, const at::Tensor& input, const at::Tensor& tar
   } else {
     // strided path: tiles of kTile consecutive rows, classes in the outer loop
     at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+      // scalar code: the row sums accumulate in double (one add chain per row, no vector lanes to
+      // spread the rounding over)
       int64_t xo[kTile], go[kTile], tt[kTile];
-      A m[kTile], s[kTile], sx[kTile], swq[kTile], swqx[kTile], xt[kTile], los[kTile];
+      A m[kTile], xt[kTile], los[kTile];
+      double s[kTile], sx[kTile], swq[kTile], swqx[kTile];
       bool ign[kTile];
       for (int64_t ch = cb; ch < ce; ++ch) {
         double acc = 0;
@@ -354,6 +375,10 @@ void ce_fwd_impl(const Params& P, const at::Tensor& input, const at::Tensor& tar
             s[k] = sx[k] = swq[k] = swqx[k] = 0;
           }
           auto X = [&](int64_t k, int64_t c) { return static_cast<A>(x[xo[k] + c * P.sC]); };
+          auto Qd = [&](int64_t k, int64_t c) {  // q in double, for the sums
+            const double q = static_cast<double>(pt[go[k] + c * D]) * (1.0 - P.eps) + P.eps / static_cast<double>(C);
+            return w ? q * static_cast<double>(w[c]) : q;
+          };
           auto Q = [&](int64_t k, int64_t c) {
             A q = static_cast<A>(pt[go[k] + c * D]) * (A(1) - eps) + epsC;
             return w ? q * w[c] : q;
@@ -372,29 +397,37 @@ void ce_fwd_impl(const Params& P, const at::Tensor& input, const at::Tensor& tar
               for (int64_t k = 0; k < T; ++k) {
                 const A v = X(k, c);
                 m[k] = (v > m[k] || std::isnan(v)) ? v : m[k];
+              }
+            }
+            for (int64_t c = 0; c < C; ++c) {
+              for (int64_t k = 0; k < T; ++k) {
+                const A v = X(k, c);
+                s[k] += static_cast<double>(std::exp(v - m[k]));
+                const double mx = static_cast<double>(m[k]) - static_cast<double>(v);  // >= 0
                 if (P.prob) {
-                  const A q = Q(k, c);
+                  const double q = Qd(k, c);
                   swq[k] += q;
-                  swqx[k] += q * v;
+                  swqx[k] += q * mx;
                 } else if (eps != A(0)) {
-                  sx[k] += w ? w[c] * v : v;
+                  sx[k] += w ? static_cast<double>(w[c]) * mx : mx;
                 }
               }
             }
-            for (int64_t c = 0; c < C; ++c)
-              for (int64_t k = 0; k < T; ++k) s[k] += std::exp(X(k, c) - m[k]);
             A a[kTile];
             for (int64_t k = 0; k < T; ++k) {
-              const A lse = m[k] + std::log(s[k]);
+              const double ls = std::log(s[k]);  // lse - m
               if (P.prob) {
-                los[k] = lse * swq[k] - swqx[k];
-                a[k] = swq[k] * scale / s[k];
+                los[k] = static_cast<A>(swq[k] * ls + swqx[k]);
+                a[k] = static_cast<A>(swq[k] * static_cast<double>(scale) / s[k]);
               } else {
-                const A wt = w ? w[tt[k]] : A(1);
+                const double wt = w ? static_cast<double>(w[tt[k]]) : 1.0;
+                const double e = P.eps, eC = e / static_cast<double>(C);
                 xt[k] = X(k, tt[k]);
-                const A nll = wt * (lse - xt[k]);
-                los[k] = eps != A(0) ? (A(1) - eps) * nll + epsC * (wsum * lse - sx[k]) : nll;
-                a[k] = ((A(1) - eps) * wt + epsC * wsum) * scale / s[k];
+                const double nll = wt * (ls + (static_cast<double>(m[k]) - static_cast<double>(xt[k])));
+                los[k] = static_cast<A>(e != 0.0 ? (1.0 - e) * nll + eC * (static_cast<double>(wsum) * ls + sx[k])
+                                                 : nll);
+                a[k] = static_cast<A>(((1.0 - e) * wt + eC * static_cast<double>(wsum)) * static_cast<double>(scale) /
+                                      s[k]);
               }
               if (ign[k]) los[k] = 0;
             }

@@ -71,6 +71,8 @@ def ce_sample(kind: str, shape, layout: str, seed: int, prob: bool = False, weig
                 sel[0] = False
                 flat[0] = (ignore + 1) % C if 0 <= ignore < C and flat[0] == ignore else flat[0]
             flat[sel] = ignore
+        if ignore is not None and unb and int(t) == ignore:
+            t = torch.tensor((ignore + 1) % C)  # the one row stays counted (no 0/0 mean)
         if ignore is not None:
             kw["ignore_index"] = ignore
     w = torch.rand(C, generator=g, dtype=torch.float64) + 0.5 if weight else None
