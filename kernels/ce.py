@@ -80,19 +80,20 @@ def _ce_fwd_kernel(X, T, P, Wt, LOSS, G, DEN, EPS, C, D, sN, sC, sD, ignore_inde
                 g = tl.where((cols == t) & keep, -wt * scale, 0.0)
                 store(G + ob + cols.to(tl.int64) * D, g.to(ACC), mask)
     else:
+        # running max m, s = sum exp(x - m), and the sums relative to m: sq = sum w q (or W),
+        # sd = sum w q (m - x) (or sum w (m - x)), rebased when m grows; all terms >= 0
         m = tl.max(tl.full([BLOCK], float("-inf"), ACC), axis=0)
         s = tl.sum(tl.zeros([BLOCK], ACC), axis=0)
-        sx = tl.zeros([BLOCK], ACC)
-        swq = tl.zeros([BLOCK], ACC)
-        swqx = tl.zeros([BLOCK], ACC)
+        sq = tl.sum(tl.zeros([BLOCK], ACC), axis=0)
+        sd = tl.sum(tl.zeros([BLOCK], ACC), axis=0)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             mask = cols < C
             x = tl.load(xb + cols.to(tl.int64) * sC, mask=mask, other=-float("inf")).to(ACC)
             m_new = tl.maximum(m, tl.max(x, axis=0))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            sd += sq * tl.where(m == float("-inf"), 0.0, m_new - m)  # (m = -inf only while sq == 0)
             m = m_new
-            xz = tl.where(mask, x, 0.0)
             if HAS_W:
                 w = tl.load(Wt + cols, mask=mask, other=0.0).to(ACC)
             else:
@@ -100,21 +101,19 @@ def _ce_fwd_kernel(X, T, P, Wt, LOSS, G, DEN, EPS, C, D, sN, sC, sD, ignore_inde
             if PROB:
                 p = tl.load(P + ob + cols.to(tl.int64) * D, mask=mask, other=0.0).to(ACC)
                 q = tl.where(mask, (p * (1.0 - eps) + epsC) * w, 0.0)
-                swq += q
-                swqx += q * xz
             else:
-                sx += w * xz
-                swq += w  # sum of the weights (W)
-        lse = m + tl.log(s)
+                q = w
+            sq += tl.sum(q, axis=0)
+            sd += tl.sum(q * (m - tl.where(mask, x, m)), axis=0)  # padding lanes: q = 0, m - m = 0
+        ls = tl.log(s)  # lse - m
+        lse = m + ls
         if PROB:
-            SWQ = tl.sum(swq, axis=0)
-            loss = lse * SWQ - tl.sum(swqx, axis=0)
-            a = SWQ * scale
+            loss = sq * ls + sd
+            a = sq * scale
         else:
-            Wsum = tl.sum(swq, axis=0)
-            nll = wt * (lse - xt)
-            loss = (1.0 - eps) * nll + epsC * (Wsum * lse - tl.sum(sx, axis=0))
-            a = ((1.0 - eps) * wt + epsC * Wsum) * scale
+            nll = wt * (ls + (m - xt))
+            loss = (1.0 - eps) * nll + epsC * (sq * ls + sd)
+            a = ((1.0 - eps) * wt + epsC * sq) * scale
             loss = tl.where(ign, 0.0, loss)
         tl.store(LOSS + r, loss)
         if GRAD:

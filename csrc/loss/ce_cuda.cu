@@ -6,7 +6,8 @@
 // Algorithm. One block (256 threads) per row (n, d) of the [N, C, D] input, classes at
 // stride sC. Pass 1: each thread keeps an online logsumexp (running max m, s = sum
 // exp(x - m), rescaled when m grows) over its strided classes, plus the weighted sums
-// of x that label smoothing / probability targets need; the block combines the
+// of (m - x) that label smoothing / probability targets need (non-negative terms, rebased
+// when the max grows: no cancellation in the loss); the block combines the
 // per-thread states with warp shuffles, then across warps through shared memory, in a
 // fixed order (deterministic). Pass 2 (when the input requires grad) re-reads the row
 // (from L2 for rows up to a few MB) and writes the finished gradient
@@ -90,36 +91,51 @@ __device__ __forceinline__ double fexp(double x) { return exp(x); }
 __device__ __forceinline__ float flog(float x) { return __logf(x); }
 __device__ __forceinline__ double flog(double x) { return log(x); }
 
-// (m, s) logsumexp states: combine two, NaN- and -inf-safe
+// A row state: running max m, s = sum exp(x - m), q = sum of the loss weights (w q, or w),
+// d = sum w q (m - x) (or sum w (m - x)): all terms >= 0, rebased when m grows.
 template <class A>
-__device__ __forceinline__ void lse_combine(A& m, A& s, A m2, A s2) {
-  const A mm = m > m2 ? m : m2;
-  if (mm == -INFINITY) return;  // both empty
-  s = (m == -INFINITY ? A(0) : s * fexp(m - mm)) + (m2 == -INFINITY ? A(0) : s2 * fexp(m2 - mm));
-  m = mm;
+struct State {
+  A m, s, q, d;
+};
+
+template <class A>
+__device__ __forceinline__ void rebase(State<A>& a, A mm) {
+  if (a.m == mm) return;
+  a.s = a.m == -INFINITY ? A(0) : a.s * fexp(a.m - mm);
+  if (a.q != A(0)) a.d += a.q * (mm - a.m);
+  a.m = mm;
 }
 
-// block-wide reduction of (m, s) and three sums; every thread gets the result
 template <class A>
-__device__ void block_reduce(A& m, A& s, A& a, A& b, A& c) {
-  __shared__ A sh[5][kWarps];
+__device__ __forceinline__ void combine(State<A>& a, State<A> b) {
+  const A mm = a.m > b.m ? a.m : b.m;
+  if (mm == -INFINITY) {  // both hold no finite logit yet
+    a.q += b.q;
+    return;
+  }
+  rebase(a, mm);
+  rebase(b, mm);
+  a.s += b.s;
+  a.q += b.q;
+  a.d += b.d;
+}
+
+// block-wide reduction of the row state; every thread gets the result (fixed order)
+template <class A>
+__device__ void block_reduce(State<A>& st) {
+  __shared__ A sh[4][kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int o = 16; o > 0; o >>= 1) {
-    const A m2 = __shfl_down_sync(0xffffffffu, m, o), s2 = __shfl_down_sync(0xffffffffu, s, o);
-    lse_combine(m, s, m2, s2);
-    a += __shfl_down_sync(0xffffffffu, a, o);
-    b += __shfl_down_sync(0xffffffffu, b, o);
-    c += __shfl_down_sync(0xffffffffu, c, o);
+    State<A> b{__shfl_down_sync(0xffffffffu, st.m, o), __shfl_down_sync(0xffffffffu, st.s, o),
+               __shfl_down_sync(0xffffffffu, st.q, o), __shfl_down_sync(0xffffffffu, st.d, o)};
+    combine(st, b);
   }
   if (lane == 0) {
-    sh[0][warp] = m; sh[1][warp] = s; sh[2][warp] = a; sh[3][warp] = b; sh[4][warp] = c;
+    sh[0][warp] = st.m; sh[1][warp] = st.s; sh[2][warp] = st.q; sh[3][warp] = st.d;
   }
   __syncthreads();
-  m = sh[0][0]; s = sh[1][0]; a = sh[2][0]; b = sh[3][0]; c = sh[4][0];
-  for (int w = 1; w < kWarps; ++w) {  // fixed order, the same in every thread
-    lse_combine(m, s, sh[0][w], sh[1][w]);
-    a += sh[2][w]; b += sh[3][w]; c += sh[4][w];
-  }
+  st = State<A>{sh[0][0], sh[1][0], sh[2][0], sh[3][0]};
+  for (int w = 1; w < kWarps; ++w) combine(st, State<A>{sh[0][w], sh[1][w], sh[2][w], sh[3][w]});
 }
 
 struct Args {
@@ -159,35 +175,28 @@ __global__ void __launch_bounds__(kThreads) ce_row_kernel(const typename Tr::S* 
       for (int64_t c = threadIdx.x; c < C; c += kThreads)
         g[ob + c * D] = Tr::store(c == t && !ign ? -wt * scale : A(0));
   } else {
-    A m = -INFINITY, s = 0, sa = 0, sb = 0, sc = 0;  // sa: sum w x (class) / sum wq; sb: W / sum wqx
+    State<A> st{-INFINITY, A(0), A(0), A(0)};
     for (int64_t c = threadIdx.x; c < C; c += kThreads) {
       const A v = Tr::load(xr[c * P.sC]);
-      if (v > m) {
-        s = (m == -INFINITY ? A(0) : s * fexp(m - v)) + A(1);
-        m = v;
-      } else if (m != -INFINITY) {  // (-inf logits before any finite one add nothing)
-        s += fexp(v - m);
+      if (v > st.m) {
+        rebase(st, v);
       }
+      if (st.m != -INFINITY) st.s += fexp(v - st.m);  // (-inf logits before any finite one add nothing)
       const A w = P.has_w ? Tr::load(wp[c]) : A(1);
-      if (P.prob) {
-        const A q = (Tr::load(pt[ob + c * D]) * (A(1) - eps) + epsC) * w;
-        sa += q;
-        sb += q * v;
-      } else {
-        sa += w * v;
-        sb += w;
-      }
+      const A q = P.prob ? (Tr::load(pt[ob + c * D]) * (A(1) - eps) + epsC) * w : w;
+      st.q += q;
+      if (st.m != -INFINITY) st.d += q * (st.m - v);
     }
-    block_reduce(m, s, sa, sb, sc);
-    const A lse = m + flog(s);
+    block_reduce(st);
+    const A ls = flog(st.s), lse = st.m + ls;
     A a;
     if (P.prob) {
-      loss = lse * sa - sb;
-      a = sa * scale;
+      loss = st.q * ls + st.d;
+      a = st.q * scale;
     } else {
-      const A W = sb;
-      const A nll = wt * (lse - Tr::load(xr[t * P.sC]));
-      loss = ign ? A(0) : (A(1) - eps) * nll + epsC * (W * lse - sa);
+      const A W = st.q;
+      const A nll = wt * (ls + (st.m - Tr::load(xr[t * P.sC])));
+      loss = ign ? A(0) : (A(1) - eps) * nll + epsC * (W * ls + st.d);
       a = ((A(1) - eps) * wt + epsC * W) * scale;
     }
     if (P.grad) {
