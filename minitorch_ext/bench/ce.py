@@ -6,12 +6,13 @@ reduction 'mean'; float32 and bfloat16; the input requires grad):
 * LM head    (4096, 32000): a 32k vocabulary, the issue's >= 1.5x bar (fwd+bwd)
 * classifier (8192, 10)
 
-* fwd:     loss = f(x, t)               (ours also writes the input gradient here: the
-                                          fused kernel's forward is a training forward)
+* fwd:         loss = f(x, t) under torch.no_grad() (inference: ours computes no gradient)
+* fwd (train): loss = f(x, t) with x requiring grad (ours also writes the input gradient
+               here: the fused kernel's training forward; native writes log_softmax)
 * fwd+bwd: loss = f(x, t); loss.backward(); x.grad set to None before every call.
 
-Bytes that must move (for GB/s): fwd reads x (ours also writes dx); fwd+bwd reads x and
-writes dx once. Native torch moves more (log_softmax out, nll grad, softmax backward);
+Bytes that must move (for GB/s): fwd reads x; fwd (train) and fwd+bwd read x and write
+dx once. Native torch moves more (log_softmax out, nll grad, softmax backward);
 the figure is the minimum, the same for both sides.
 
 The correctness check runs on the first 256 rows (a float64 reference of the whole
@@ -40,7 +41,7 @@ def cross_entropy(ctx: Context):
         for dtype in (torch.float32, torch.bfloat16):
             dt = str(dtype).replace("torch.", "")
             case = f"{name} {shape[0]}x{shape[1]}"
-            if ctx.wants(f"{case} {dt} fwd", f"{case} {dt} fwd+bwd"):
+            if ctx.wants(f"{case} {dt} fwd", f"{case} {dt} fwd (train)", f"{case} {dt} fwd+bwd"):
                 yield from _cases(ctx, case, mf.cross_entropy, shape, dtype, dt)
 
 
@@ -58,6 +59,12 @@ def _cases(ctx: Context, case: str, ours_fn, shape, dtype, dt):
 
     def native():
         return F.cross_entropy(x, t, label_smoothing=LS)
+
+    def no_grad(f):  # an inference forward: ours computes no gradient then
+        def step():
+            with torch.no_grad():
+                return f()
+        return step
 
     def before():
         x.grad = None
@@ -87,8 +94,11 @@ def _cases(ctx: Context, case: str, ours_fn, shape, dtype, dt):
                                     else 1e-2)
 
     label = "F.cross_entropy"
-    yield Case(case=case, dtype=dt, pass_="fwd", ours=ours, native={label: native}, bytes=xbytes,
-               before=before, check=lambda: check(False), note=f"label_smoothing={LS}, ignore_index rows 1/16")
+    yield Case(case=case, dtype=dt, pass_="fwd", ours=no_grad(ours), native={label: no_grad(native)}, bytes=xbytes,
+               before=before, check=lambda: check(False), note=f"no_grad; label_smoothing={LS}, ignore_index rows 1/16")
+    yield Case(case=case, dtype=dt, pass_="fwd (train)", ours=ours, native={label: native}, bytes=2 * xbytes,
+               before=before, check=lambda: check(False),
+               note=f"input requires grad: ours writes the gradient here; label_smoothing={LS}")
     yield Case(case=case, dtype=dt, pass_="fwd+bwd", ours=fwd_bwd(ours), native={label: fwd_bwd(native)},
                bytes=2 * xbytes, before=before, check=lambda: check(True),
                note=f"label_smoothing={LS}, ignore_index rows 1/16")
