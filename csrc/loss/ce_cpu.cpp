@@ -15,17 +15,19 @@
 //   nll_loss (log_input): loss_i = -w_t x_t, gradient -w_t at t; mean: / sum w_t.
 //
 // Algorithm. The input is [N, C, D] with any strides; a row is one (n, d) pair.
-//   Rows with unit class stride (the (N, C) case): per row, pass 1 the max (and, for
-//   smoothing or probabilities, the weighted sums of x), pass 2 sum exp(x - max), which
+//   Rows with unit class stride (the (N, C) case): per row, pass 1 the max m (then, for
+//   smoothing or probabilities, the weighted sums of m - x), pass 2 sum exp(x - m), which
 //   also stores exp(x - max) in the gradient row, pass 3 turns that row in place into
 //   the gradient: e * (coef / sum) - (the smoothing / target terms). The row (widened
 //   to float once for bfloat16) stays in L1/L2 between the passes. at::vec lanes,
-//   float32 math for float32/bfloat16, float64 for float64; one rounding on store
+//   float32 math for float32/bfloat16, float64 for float64 (the lanes and the tails of
+//   the row sums are added in double, and so is the loss); one rounding on store
 //   (bfloat16 rows are widened and the gradient narrowed with vector conversions).
+//   exp is Sleef's 1-ulp one: a 2-ulp exp doubled the gradient's error on peaked rows.
 //   Any other layout ((N, C, d1, ...) inputs, transposed inputs): tiles of up to 16
 //   consecutive rows walked class by class, so the unit-stride direction (d, or n
-//   for a transposed (N, C)) is the inner loop; the same three passes, exp recomputed
-//   in pass 3 instead of buffering a C x 16 tile.
+//   for a transposed (N, C)) is the inner loop; the same passes (the row sums in
+//   double), exp recomputed in the gradient pass instead of buffering a C x 16 tile.
 //   The mean's denominator (and the target range check, IndexError as torch's) comes
 //   from a prepass over the [N, D] targets, before the row loop, so the gradient can
 //   be scaled for the reduction inside the forward pass.

@@ -15,14 +15,15 @@ gradient already scaled for the reduction), so no softmax is ever stored. ce_fwd
 so the only input-sized buffer is the gradient itself. That in-place path is taken only
 for calls through the functionals here (they drop the op's grad_input output, so nobody
 else sees it) and when the graph is not kept; a raw-op caller's grad_input output is never
-changed. When the graph is kept
-(retain_graph=True, create_graph, gradcheck's repeated calls) backward works on a copy,
-so calling it again gives the same answer. Double backward is refused with a clear error.
+changed. When the graph is kept (retain_graph=True, create_graph, gradcheck's repeated
+calls) backward works on a copy, so calling it again gives the same answer. Double
+backward is refused with a clear error.
 
 Public functionals with torch.nn.functional's signatures: cross_entropy, nll_loss
 (re-exported by minitorch_ext.nn.functional). Not supported, each refused with a clear
 error: a weight that requires grad (torch refuses it too for class indices), a
-probability target that requires grad, float16 on the CPU.
+probability target that requires grad, float16 on the CPU. log_softmax itself stays the
+activation family's (minitorch_ext.ops.activation), which already has its own row kernel.
 """
 from __future__ import annotations
 
