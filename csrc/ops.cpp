@@ -268,4 +268,20 @@ TORCH_LIBRARY_FRAGMENT(minitorch_ext, m) {
   m.def("embedding_bwd(Tensor grad_output, Tensor indices, int num_weights, int padding_idx, "
         "bool scale_grad_by_freq) -> Tensor");
   m.def("embedding_renorm_(Tensor(a!) weight, Tensor indices, float max_norm, float norm_type) -> ()");
+  // ---- cross_entropy family: fused log-softmax + loss + gradient per row ----
+  // input is [N, C, D] (any strides; (N, C) is D = 1, (N, C, d1, ...) has D = prod(d)),
+  // classes along dim 1. target: class indices int64 [N, D], or class probabilities
+  // [N, C, D] contiguous, input's dtype. weight: [C], input's dtype. reduction is torch's
+  // enum (0 none, 1 mean, 2 sum). log_input: nll_loss (input holds log-probabilities:
+  // no softmax, no label smoothing). Semantics are torch's cross_entropy / nll_loss:
+  // mean divides by the summed target weights of the non-ignored rows (class indices)
+  // or by N*D (probabilities); ignore_index rows give 0 and a zero gradient.
+  // ce_fwd: loss [N, D] for 'none', [] otherwise (input's dtype); grad_input, when
+  //   compute_grad, is d(loss, reduced)/d(input) as a contiguous [N, C, D] tensor (for
+  //   'none' the gradient of each row's own loss), else an empty [0] tensor.
+  // ce_bwd: grad_input *= grad_output in place (a scalar for mean/sum, per row for
+  //   'none'): the saved gradient becomes the input's gradient without a new buffer.
+  m.def("ce_fwd(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
+        "float label_smoothing, bool log_input, bool compute_grad) -> (Tensor loss, Tensor grad_input)");
+  m.def("ce_bwd(Tensor grad_output, Tensor(a!) grad_input, int reduction) -> ()");
 }

@@ -65,3 +65,5 @@ FAMILIES["pwloss"] = "minitorch_ext.bench.pwloss:pwloss"
 # dropout / embedding family
 FAMILIES["dropout"] = "minitorch_ext.bench.dropemb:dropout"
 FAMILIES["embedding"] = "minitorch_ext.bench.dropemb:embedding"
+# ---- cross_entropy family ----
+FAMILIES["cross_entropy"] = "minitorch_ext.bench.ce:cross_entropy"

@@ -24,3 +24,6 @@ __all__ += ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross
 from ..ops.dropout import dropout, dropout1d, dropout2d  # noqa: E402
 from ..ops.embedding import embedding  # noqa: E402
 __all__ += ["dropout", "dropout1d", "dropout2d", "embedding"]
+# ---- cross_entropy family ----
+from ..ops.ce import cross_entropy, nll_loss
+__all__ += ["cross_entropy", "nll_loss"]

@@ -16,3 +16,5 @@ from . import pwloss  # noqa: F401,E402
 # dropout / embedding family
 from . import dropout  # noqa: F401,E402
 from . import embedding  # noqa: F401,E402
+# ---- cross_entropy family ----
+from . import ce  # noqa: F401

@@ -20,3 +20,6 @@ __all__ += ["MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "BCELoss", "BCEWit
 from .dropout import Dropout, Dropout1d, Dropout2d  # noqa: E402
 from .sparse import Embedding  # noqa: E402
 __all__ += ["Dropout", "Dropout1d", "Dropout2d", "Embedding"]
+# ---- cross_entropy family ----
+from .loss_ce import CrossEntropyLoss, NLLLoss
+__all__ += ["CrossEntropyLoss", "NLLLoss"]
