@@ -634,11 +634,13 @@ void grad_weight_depthwise(const at::Tensor& x, const at::Tensor& go, const Axis
     F* pl = tls<F>(static_cast<size_t>(Hp * Wp), 1);
     F* grow = tls<F>(static_cast<size_t>(Wo + VW), 2);
     std::vector<V> acc(static_cast<size_t>(KK));
-    std::vector<F> tail(static_cast<size_t>(KK));
+    // the columns past the last full vector (all of them when Wo < the vector width) are
+    // summed in double: one chain over N*Ho*(Wo % VW) products, float would drift
+    std::vector<double> tail(static_cast<size_t>(KK));
     for (int64_t o = o0; o < o1; ++o) {
       const int64_t c = o / M;
       for (auto& a : acc) a = V(F(0));
-      std::fill(tail.begin(), tail.end(), F(0));
+      std::fill(tail.begin(), tail.end(), 0.0);
       for (int64_t n = 0; n < N; ++n) {
         build_plane<F>(X, n, c, ah, aw, pl);
         for (int64_t oh = 0; oh < Ho; ++oh) {
@@ -649,14 +651,14 @@ void grad_weight_depthwise(const at::Tensor& x, const at::Tensor& go, const Axis
             for (int64_t j = 0; j < kw; ++j) {
               const F* src = row + j * aw.dil;
               V a = acc[i * kw + j];
-              F t = tail[i * kw + j];
+              double t = tail[i * kw + j];
               if (aw.stride == 1) {
                 int64_t q = 0;
                 for (; q + VW <= Wo; q += VW) a = at::vec::fmadd(V::loadu(grow + q), V::loadu(src + q), a);
-                for (; q < Wo; ++q) t += grow[q] * src[q];
+                for (; q < Wo; ++q) t += static_cast<double>(grow[q]) * static_cast<double>(src[q]);
               } else {
                 const int64_t st = aw.stride;
-                for (int64_t q = 0; q < Wo; ++q) t += grow[q] * src[q * st];
+                for (int64_t q = 0; q < Wo; ++q) t += static_cast<double>(grow[q]) * static_cast<double>(src[q * st]);
               }
               acc[i * kw + j] = a;
               tail[i * kw + j] = t;
@@ -664,7 +666,7 @@ void grad_weight_depthwise(const at::Tensor& x, const at::Tensor& go, const Axis
           }
         }
       }
-      for (int64_t e = 0; e < KK; ++e) gw[o * KK + e] = hsum(acc[e]) + tail[e];
+      for (int64_t e = 0; e < KK; ++e) gw[o * KK + e] = static_cast<F>(static_cast<double>(hsum(acc[e])) + tail[e]);
     }
   });
 }
