@@ -103,3 +103,7 @@ timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_dropout_triton.py te
 say "triton dropout + embedding (rc=$?, $(( $(date +%s) - t0 )) s):"
 grep -E "passed|failed|error" "$OUT/dropemb_triton.txt" | tail -3 | tee -a "$summary"
 grep -E "^(FAILED|ERROR)" "$OUT/dropemb_triton.txt" | head -20 | tee -a "$summary"
+
+# ---- cross_entropy: CUDA kernel tally (tests/test_cross_entropy_cuda.py ran with -m cuda above)
+nf=$(grep -cE "^(FAILED|ERROR) tests/test_cross_entropy_cuda\.py" "$OUT/tests.txt")
+say "  cross_entropy cuda: ${nf} failed"
