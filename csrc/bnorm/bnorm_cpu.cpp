@@ -211,6 +211,54 @@ inline void dx_span(const scalar_t* dy, const scalar_t* x, int64_t n, acc_t k1, 
   }
 }
 
+// a row of C channels: y[c] = x[c]*a[c] + b[c] (per-channel vectors a, b), converted in
+// registers for bfloat16/float16 as axpb_span
+template <typename scalar_t, typename acc_t>
+inline void axpb_row(const scalar_t* x, int64_t C, const acc_t* a, const acc_t* b, scalar_t* y) {
+  using fVec = Vectorized<acc_t>;
+  constexpr int64_t F = fVec::size();
+  int64_t c = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (; c + F <= C; c += F)
+      at::vec::fmadd(fVec::loadu(x + c), fVec::loadu(a + c), fVec::loadu(b + c)).store(y + c);
+  } else {
+    using bVec = Vectorized<scalar_t>;
+    constexpr int64_t B = bVec::size();
+    for (; c + B <= C; c += B) {
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(bVec::loadu(x + c));
+      at::vec::convert_from_float<scalar_t>(at::vec::fmadd(lo, fVec::loadu(a + c), fVec::loadu(b + c)),
+                                            at::vec::fmadd(hi, fVec::loadu(a + c + F), fVec::loadu(b + c + F)))
+          .store(y + c);
+    }
+  }
+  for (; c < C; ++c) y[c] = static_cast<scalar_t>(static_cast<acc_t>(x[c]) * a[c] + b[c]);
+}
+
+// a row of C channels: dx[c] = k1[c]*dy[c] + (k2[c]*x[c] + k3[c])
+template <typename scalar_t, typename acc_t>
+inline void dx_row(const scalar_t* dy, const scalar_t* x, int64_t C, const acc_t* k1, const acc_t* k2,
+                   const acc_t* k3, scalar_t* dx) {
+  using fVec = Vectorized<acc_t>;
+  constexpr int64_t F = fVec::size();
+  int64_t c = 0;
+  auto one = [&](const fVec& g, const fVec& v, int64_t o) {
+    return at::vec::fmadd(g, fVec::loadu(k1 + o), at::vec::fmadd(v, fVec::loadu(k2 + o), fVec::loadu(k3 + o)));
+  };
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (; c + F <= C; c += F) one(fVec::loadu(dy + c), fVec::loadu(x + c), c).store(dx + c);
+  } else {
+    using bVec = Vectorized<scalar_t>;
+    constexpr int64_t B = bVec::size();
+    for (; c + B <= C; c += B) {
+      auto [g0, g1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(dy + c));
+      auto [x0, x1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(x + c));
+      at::vec::convert_from_float<scalar_t>(one(g0, x0, c), one(g1, x1, c + F)).store(dx + c);
+    }
+  }
+  for (; c < C; ++c)
+    dx[c] = static_cast<scalar_t>(k1[c] * static_cast<acc_t>(dy[c]) + (k2[c] * static_cast<acc_t>(x[c]) + k3[c]));
+}
+
 // Chan's merge of (count, mean, M2) states, in double
 struct Stat {
   double n = 0, mean = 0, m2 = 0;
@@ -370,13 +418,7 @@ void channel_affine(const scalar_t* x, scalar_t* y, const Layout& L, const std::
   }
   const int64_t M = N * S, R = rows_per_block(C);
   at::parallel_for(0, M, R, [&](int64_t r0, int64_t r1) {
-    std::vector<acc_t> buf, out(C);
-    for (int64_t r = r0; r < r1; ++r) {
-      const acc_t* v = widen<scalar_t, acc_t>(x + r * C, C, buf);
-      at::vec::map3([](auto xv, auto av, auto bv) { return at::vec::fmadd(xv, av, bv); }, out.data(), v, a.data(),
-                    b.data(), C);
-      narrow(out.data(), y + r * C, C);
-    }
+    for (int64_t r = r0; r < r1; ++r) axpb_row(x + r * C, C, a.data(), b.data(), y + r * C);
   });
 }
 
@@ -456,20 +498,8 @@ void channel_dx(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const Layou
   }
   const int64_t M = N * S, R = rows_per_block(C);
   at::parallel_for(0, M, R, [&](int64_t r0, int64_t r1) {
-    std::vector<acc_t> b1, b2, out(C);
-    for (int64_t r = r0; r < r1; ++r) {
-      const acc_t* g = widen<scalar_t, acc_t>(dy + r * C, C, b1);
-      const acc_t* v = widen<scalar_t, acc_t>(x + r * C, C, b2);
-      using Vec = Vectorized<acc_t>;
-      constexpr int64_t W = Vec::size();
-      int64_t c = 0;
-      for (; c + W <= C; c += W) {
-        const Vec t = at::vec::fmadd(Vec::loadu(v + c), Vec::loadu(k2.data() + c), Vec::loadu(k3.data() + c));
-        at::vec::fmadd(Vec::loadu(g + c), Vec::loadu(k1.data() + c), t).store(out.data() + c);
-      }
-      for (; c < C; ++c) out[c] = k1[c] * g[c] + (k2[c] * v[c] + k3[c]);
-      narrow(out.data(), dx + r * C, C);
-    }
+    for (int64_t r = r0; r < r1; ++r)
+      dx_row(dy + r * C, x + r * C, C, k1.data(), k2.data(), k3.data(), dx + r * C);
   });
 }
 
