@@ -37,44 +37,18 @@
 #include <tuple>
 
 #include "common/alloc.h"
+#include "common/dtype_traits_cuda.cuh"
 
 namespace {
 
-struct Bf16 {
-  using S = uint16_t;
-  using A = float;
-  static __device__ __forceinline__ A load(S v) { return __bfloat162float(__ushort_as_bfloat16(v)); }
-  static __device__ __forceinline__ S store(A v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-};
-struct Fp16 {
-  using S = uint16_t;
-  using A = float;
-  static __device__ __forceinline__ A load(S v) { return __half2float(__ushort_as_half(v)); }
-  static __device__ __forceinline__ S store(A v) { return __half_as_ushort(__float2half_rn(v)); }
-};
-struct F32 {
-  using S = float;
-  using A = float;
-  static __device__ __forceinline__ A load(S v) { return v; }
-  static __device__ __forceinline__ S store(A v) { return v; }
-};
-struct F64 {
-  using S = double;
-  using A = double;
-  static __device__ __forceinline__ A load(S v) { return v; }
-  static __device__ __forceinline__ S store(A v) { return v; }
-};
+using mte::cuda_traits::Bf16;
+using mte::cuda_traits::F32;
+using mte::cuda_traits::F64;
+using mte::cuda_traits::Fp16;
 
 template <class F>
 void with_traits(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: f(F32{}); break;
-    case at::kDouble: f(F64{}); break;
-    case at::kBFloat16: f(Bf16{}); break;
-    case at::kHalf: f(Fp16{}); break;
-    default:
-      TORCH_CHECK_NOT_IMPLEMENTED(false, "pwloss (CUDA): input: not implemented for '", at::toString(t), "'");
-  }
+  if (!mte::cuda_traits::for_float_traits(t, f)) TORCH_CHECK_NOT_IMPLEMENTED(false, "pwloss (CUDA): input: not implemented for '", at::toString(t), "'");
 }
 
 enum Kind : int { kMse = 0, kL1, kSmoothL1, kHuber, kBce, kBceLogits, kKlDiv };
