@@ -78,3 +78,18 @@ def register_autocast_policy(name: str, **policies: str) -> None:
                            **{k: _autocast_cast(v, _device, dtype) for k, v in kwargs.items()})
 
         _AUTOCAST_LIB.impl(opname, kernel, key)
+
+
+# ---------------------------------------------------------------------------
+# torch's names for scalar types, as its error messages print them
+# ---------------------------------------------------------------------------
+
+_TYPE_NAMES = {torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+               torch.uint8: "Byte", torch.bool: "Bool", torch.float16: "Half", torch.float32: "Float",
+               torch.float64: "Double", torch.bfloat16: "BFloat16", torch.complex64: "ComplexFloat",
+               torch.complex128: "ComplexDouble"}
+
+
+def scalar_type_name(dtype: torch.dtype) -> str:
+    """torch's ScalarType name of `dtype` ("Long", "Half", ...), as in "... not implemented for 'Long'"."""
+    return _TYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ._registry import triton_custom_op
+from ._registry import scalar_type_name, triton_custom_op
 
 _OPS = torch.ops.minitorch_ext
 
@@ -174,13 +174,9 @@ def _check_tensor(t, name: str, fn: str) -> None:
         raise TypeError(f"{fn}(): argument '{name}' must be Tensor, not {type(t).__name__}")
 
 
-_NAMES = {torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-          torch.bool: "Bool"}
-
-
 def _check_float(x: Tensor, fn: str) -> None:
     if not x.is_floating_point():
-        raise NotImplementedError(f'"{fn}" not implemented for \'{_NAMES.get(x.dtype, str(x.dtype))}\'')
+        raise NotImplementedError(f'"{fn}" not implemented for \'{scalar_type_name(x.dtype)}\'')
 
 
 def _verify_batch_size(size) -> None:

@@ -35,18 +35,14 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ._registry import register_autocast_policy, triton_custom_op
+from ._registry import register_autocast_policy, scalar_type_name, triton_custom_op
 
 _OPS = torch.ops.minitorch_ext
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16)
-_NAMES = {torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-          torch.bool: "Bool", torch.float16: "Half", torch.float32: "Float", torch.float64: "Double",
-          torch.bfloat16: "BFloat16"}
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
-def _name(dt: torch.dtype) -> str:
-    return _NAMES.get(dt, str(dt).replace("torch.", ""))
+_name = scalar_type_name
 
 
 # ---------------------------------------------------------------------------

@@ -27,11 +27,10 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
 from .. import _backend
-from ._registry import register_autocast_policy, triton_custom_op
+from ._registry import register_autocast_policy, scalar_type_name, triton_custom_op
 
 _OPS = torch.ops.minitorch_ext
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_NAMES = {torch.float16: "Half", torch.int64: "Long", torch.int32: "Int", torch.bool: "Bool"}
 _RED = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
 
 
@@ -226,7 +225,7 @@ def _check_tensors(fn: str, **ts) -> None:
 
 def _check_dtype(fn: str, dtype: torch.dtype, device: str = "cpu") -> None:
     if dtype not in _FLOATS and not (dtype == torch.float16 and device == "cuda"):
-        name = _NAMES.get(dtype, str(dtype).replace("torch.", ""))
+        name = scalar_type_name(dtype)
         raise NotImplementedError(f'"{fn}" not implemented for \'{name}\' (minitorch_ext losses take float32, '
                                   f'float64 and bfloat16)')
 
@@ -338,7 +337,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
     if not input.is_floating_point():
         raise RuntimeError(f"result type Float can't be cast to the desired output type "
-                           f"{_NAMES.get(input.dtype, input.dtype)}")
+                           f"{scalar_type_name(input.dtype)}")
     if weight is not None:
         return _weighted_tail("huber_loss", _run("huber_loss", "huber", input, target, 0, param=delta), weight,
                               input, reduction, False)
@@ -417,9 +416,7 @@ def _result_type(a: Tensor, b: Tensor) -> torch.dtype:
     return a.dtype if a.dtype == b.dtype else torch.result_type(a, b)
 
 
-def _tname(dtype: torch.dtype) -> str:
-    return {torch.float32: "Float", torch.float64: "Double", torch.bfloat16: "BFloat16", torch.float16: "Half",
-            torch.int64: "Long", torch.int32: "Int", torch.bool: "Bool"}.get(dtype, str(dtype))
+_tname = scalar_type_name
 
 
 __all__ = ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
