@@ -6,6 +6,8 @@
 // its own error, so each family keeps its message and error type.
 #pragma once
 #include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -49,6 +51,37 @@ bool for_float_traits(at::ScalarType t, F&& f) {
     default: return false;
   }
 }
+
+// The same conversions keyed by the ATen scalar type (for kernels under AT_DISPATCH, whose
+// scalar_t is c10::BFloat16 / c10::Half / float / double): Acc<scalar_t>::A, load, store.
+template <typename T>
+struct Acc {
+  using A = float;
+  static __device__ __forceinline__ A load(T v) { return static_cast<A>(v); }
+  static __device__ __forceinline__ T store(A v) { return static_cast<T>(v); }
+};
+template <>
+struct Acc<double> {
+  using A = double;
+  static __device__ __forceinline__ A load(double v) { return v; }
+  static __device__ __forceinline__ double store(A v) { return v; }
+};
+template <>
+struct Acc<c10::BFloat16> {
+  using A = float;
+  static __device__ __forceinline__ A load(c10::BFloat16 v) { return __bfloat162float(__ushort_as_bfloat16(v.x)); }
+  static __device__ __forceinline__ c10::BFloat16 store(A v) {
+    return c10::BFloat16(__bfloat16_as_ushort(__float2bfloat16_rn(v)), c10::BFloat16::from_bits());
+  }
+};
+template <>
+struct Acc<c10::Half> {
+  using A = float;
+  static __device__ __forceinline__ A load(c10::Half v) { return __half2float(__ushort_as_half(v.x)); }
+  static __device__ __forceinline__ c10::Half store(A v) {
+    return c10::Half(__half_as_ushort(__float2half_rn(v)), c10::Half::from_bits());
+  }
+};
 
 }  // namespace cuda_traits
 }  // namespace mte

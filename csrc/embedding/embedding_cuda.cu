@@ -38,40 +38,15 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/dtype_traits_cuda.cuh"
+
 namespace mte {
 std::atomic<bool>& poison_flag();  // bindings.cpp
 }
 
 namespace {
 
-template <typename T>
-struct Acc {
-  using A = float;
-  static __device__ __forceinline__ A load(T v) { return static_cast<A>(v); }
-  static __device__ __forceinline__ T store(A v) { return static_cast<T>(v); }
-};
-template <>
-struct Acc<double> {
-  using A = double;
-  static __device__ __forceinline__ A load(double v) { return v; }
-  static __device__ __forceinline__ double store(A v) { return v; }
-};
-template <>
-struct Acc<c10::BFloat16> {
-  using A = float;
-  static __device__ __forceinline__ A load(c10::BFloat16 v) { return __bfloat162float(__ushort_as_bfloat16(v.x)); }
-  static __device__ __forceinline__ c10::BFloat16 store(A v) {
-    return c10::BFloat16(__bfloat16_as_ushort(__float2bfloat16_rn(v)), c10::BFloat16::from_bits());
-  }
-};
-template <>
-struct Acc<c10::Half> {
-  using A = float;
-  static __device__ __forceinline__ A load(c10::Half v) { return __half2float(__ushort_as_half(v.x)); }
-  static __device__ __forceinline__ c10::Half store(A v) {
-    return c10::Half(__half_as_ushort(__float2half_rn(v)), c10::Half::from_bits());
-  }
-};
+using mte::cuda_traits::Acc;
 
 at::Tensor poisoned_empty(at::IntArrayRef sizes, const at::TensorOptions& o) {
   at::Tensor t = at::empty(sizes, o);
