@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _backend
@@ -179,15 +180,6 @@ def _check_float(x: Tensor, fn: str) -> None:
         raise NotImplementedError(f'"{fn}" not implemented for \'{scalar_type_name(x.dtype)}\'')
 
 
-def _verify_batch_size(size) -> None:
-    # torch.nn.functional._verify_batch_size
-    n = size[0]
-    for s in size[2:]:
-        n *= s
-    if n == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-
-
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
@@ -200,7 +192,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
                          f"of size {tuple(input.shape)}")
     _check_float(input, "batch_norm")
     if training:
-        _verify_batch_size(input.size())
+        F._verify_batch_size(input.size())  # torch's own check and message
     if training and eps <= 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
@@ -236,13 +228,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_
         raise ValueError(f"instance_norm: input: expected at least 2-D input [N, C, *], got {input.dim()}-D")
     _check_float(input, "instance_norm")
     if use_input_stats:
-        # torch.nn.functional._verify_spatial_size
-        s = 1
-        for d in input.shape[2:]:
-            s *= d
-        if s == 1:
-            raise ValueError(f"Expected more than 1 spatial element when training, got input size "
-                             f"{list(input.shape)}")
+        F._verify_spatial_size(input.size())  # torch's own check and message
     backend = _backend.resolve(input.device)
     if not use_input_stats:
         if running_mean is None or running_var is None:
