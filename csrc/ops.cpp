@@ -224,43 +224,39 @@ TORCH_LIBRARY(minitorch_ext, m) {
         "-> (Tensor output, Tensor mean, Tensor rstd)");
   m.def("group_norm_bwd(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, Tensor rstd, "
         "int num_groups, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
-}
 
-// ---- pwloss family: pointwise losses (mse, l1, smooth_l1, huber, bce, bce_logits, kl_div) ----
-// One generic op pair for all seven (kernels: csrc/loss/pwloss_cpu.cpp, pwloss_cuda.cu,
-// kernels/pwloss.py; Python side: minitorch_ext/ops/pwloss.py).
-// kind: "mse" | "l1" | "smooth_l1" (param = beta > 0) | "huber" (param = delta > 0) | "bce" |
-//   "bce_logits" | "kl_div" (log_target). reduction: 0 none, 1 mean, 2 sum, 3 batchmean
-//   (kl_div: sum / size(0), sum for a 0-d input). input, target, weight, pos_weight: one shape
-//   (Python expands broadcast operands; the kernels read expanded strides), one dtype
-//   (float32, float64, bfloat16/float16 with float32 math). weight: bce/bce_logits; pos_weight: bce_logits.
-// pwloss_fwd: the loss ('none': input's shape; else a 0-d tensor). bce: input outside [0, 1]
-//   (or NaN) is torch's RuntimeError "all elements of input should be between 0 and 1".
-// pwloss_bwd: (grad_input, grad_target); an output not asked for (need_*) is an empty [0] tensor.
-TORCH_LIBRARY_FRAGMENT(minitorch_ext, m) {
+  // ---- pwloss family: pointwise losses (mse, l1, smooth_l1, huber, bce, bce_logits, kl_div) ----
+  // One generic op pair for all seven (kernels: csrc/loss/pwloss_cpu.cpp, pwloss_cuda.cu,
+  // kernels/pwloss.py; Python side: minitorch_ext/ops/pwloss.py).
+  // kind: "mse" | "l1" | "smooth_l1" (param = beta > 0) | "huber" (param = delta > 0) | "bce" |
+  //   "bce_logits" | "kl_div" (log_target). reduction: 0 none, 1 mean, 2 sum, 3 batchmean
+  //   (kl_div: sum / size(0), sum for a 0-d input). input, target, weight, pos_weight: one shape
+  //   (Python expands broadcast operands; the kernels read expanded strides), one dtype
+  //   (float32, float64, bfloat16/float16 with float32 math). weight: bce/bce_logits; pos_weight: bce_logits.
+  // pwloss_fwd: the loss ('none': input's shape; else a 0-d tensor). bce: input outside [0, 1]
+  //   (or NaN) is torch's RuntimeError "all elements of input should be between 0 and 1".
+  // pwloss_bwd: (grad_input, grad_target); an output not asked for (need_*) is an empty [0] tensor.
   m.def("pwloss_fwd(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, str kind, float param, "
         "int reduction, bool log_target) -> Tensor");
   m.def("pwloss_bwd(Tensor grad_output, Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
         "str kind, float param, int reduction, bool log_target, bool need_input, bool need_target) "
         "-> (Tensor, Tensor)");
-}
 
-// ---- dropout / embedding family (csrc/dropout/, csrc/embedding/) ----
-// dropout_fwd: y = input * keep / (1 - p), keep of element (channel) c: its Philox4x32-10
-//   word (word c % 4 of counter c / 4, key = seed; minitorch_ext/_philox.py) >= floor(p * 2^32);
-//   channel_size 1 for elementwise dropout, the spatial size for dropout1d/2d (c = the (n, c)
-//   channel index, the mask broadcast over the channel). p == 1 gives input * 0. Output contiguous.
-// dropout_fwd_: the same, written into input. dropout_bwd: the same map on grad_output (the mask
-//   regenerated from (seed, index), never stored). seed: a one-element int64 tensor (on the CPU:
-//   read on the host; a tensor, not an int, so torch.compile traces the draw without a graph break).
-// embedding_fwd: weight[indices] ([*indices.shape, D]); indices int32/int64, IndexError when out of
-//   range. padding_idx (-1: none) and scale_grad_by_freq only matter to backward.
-// embedding_bwd: the [num_weights, D] gradient, a deterministic scatter-add (counting sort of the
-//   indices; each row summed in index order by the thread that owns it; no atomics); padding_idx
-//   rows get zero; scale_grad_by_freq divides by the index's count.
-// embedding_renorm_: rows of weight referenced by indices whose norm_type-norm exceeds max_norm are
-//   scaled by max_norm / (norm + 1e-7) in place (torch's embedding_renorm_).
-TORCH_LIBRARY_FRAGMENT(minitorch_ext, m) {
+  // ---- dropout / embedding family (csrc/dropout/, csrc/embedding/) ----
+  // dropout_fwd: y = input * keep / (1 - p), keep of element (channel) c: its Philox4x32-10
+  //   word (word c % 4 of counter c / 4, key = seed; minitorch_ext/_philox.py) >= floor(p * 2^32);
+  //   channel_size 1 for elementwise dropout, the spatial size for dropout1d/2d (c = the (n, c)
+  //   channel index, the mask broadcast over the channel). p == 1 gives input * 0. Output contiguous.
+  // dropout_fwd_: the same, written into input. dropout_bwd: the same map on grad_output (the mask
+  //   regenerated from (seed, index), never stored). seed: a one-element int64 tensor (on the CPU:
+  //   read on the host; a tensor, not an int, so torch.compile traces the draw without a graph break).
+  // embedding_fwd: weight[indices] ([*indices.shape, D]); indices int32/int64, IndexError when out of
+  //   range. padding_idx (-1: none) and scale_grad_by_freq only matter to backward.
+  // embedding_bwd: the [num_weights, D] gradient, a deterministic scatter-add (counting sort of the
+  //   indices; each row summed in index order by the thread that owns it; no atomics); padding_idx
+  //   rows get zero; scale_grad_by_freq divides by the index's count.
+  // embedding_renorm_: rows of weight referenced by indices whose norm_type-norm exceeds max_norm are
+  //   scaled by max_norm / (norm + 1e-7) in place (torch's embedding_renorm_).
   m.def("dropout_fwd(Tensor input, float p, Tensor seed, int channel_size) -> Tensor");
   m.def("dropout_fwd_(Tensor(a!) input, float p, Tensor seed, int channel_size) -> ()");
   m.def("dropout_bwd(Tensor grad_output, float p, Tensor seed, int channel_size) -> Tensor");
